@@ -1,0 +1,1 @@
+"""Handlers behind the ``navit`` command line, one module per area."""

@@ -1,0 +1,163 @@
+"""``navit train``, ``navit eval`` and ``navit pack``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from navit_deploy.errors import ImageError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a NaViT (or the square ViT baseline) on packed batches")
+    p.add_argument("--out", required=True, help="output directory (model.safetensors, config.json, checkpoints)")
+    p.add_argument("--mode", choices=["navit", "vit"], default="navit")
+    p.add_argument("--data", default="procedural", help="'procedural' or an image folder root/<class>/<images>")
+    p.add_argument("--tokens", type=int, default=2_000_000, help="training compute, in tokens processed")
+    p.add_argument("--dim", type=int, default=192)
+    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--heads", type=int, default=3, help="attention heads (head dim = dim / heads)")
+    p.add_argument("--max-patches", type=int, default=256, help="per-image token budget (upper end of resolution sampling)")
+    p.add_argument("--min-patches", type=int, default=48, help="lower end of per-image resolution sampling")
+    p.add_argument("--square-grid", type=int, default=16, help="vit mode: square side in patches")
+    p.add_argument("--drop-max", type=float, default=0.5, help="max token-drop rate (rate ~ drop_max * Beta(1,3))")
+    p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-resume", action="store_true", help="start over even if out/ckpt exists")
+    p.add_argument("--workers", type=int, default=1, help="data-loading worker processes")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="held-out top-1 of a checkpoint or an ONNX model")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", default=None, help="'builtin' or a model directory")
+    src.add_argument("--onnx", default=None, help="an exported ONNX model (runs on ONNX Runtime)")
+    p.add_argument("--data", default="procedural", help="'procedural' (held-out split) or an image folder root/<class>/")
+    p.add_argument("--size", type=int, default=None, help="number of held-out images (default: the full test split)")
+    p.add_argument("--provider", default="cpu", help="ONNX Runtime provider for --onnx: cpu or cuda")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("pack", help="packing statistics (and a picture) for a set of images")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--pack-len", type=int, default=1024)
+    p.add_argument("--max-images", type=int, default=64)
+    p.add_argument("--max-patches", type=int, default=256)
+    p.add_argument("--patch-size", type=int, default=16)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--png", default=None, help="write a picture of the packs")
+    p.set_defaults(func=cmd_pack)
+
+
+def load_dataset(data: str, split: str, size: int | None):
+    """``procedural`` (train/test split) or an image folder with class subfolders."""
+    from navit_deploy.data.procedural import ProceduralDataset
+    from navit_deploy.evaluation import DEFAULT_TEST_SIZE
+
+    if data == "procedural":
+        return ProceduralDataset(split, size or (DEFAULT_TEST_SIZE if split == "test" else 10_000_000))
+    from navit_deploy.data.image_folder import ImageFolderDataset
+    from navit_deploy.frontend import load_image
+
+    folder = ImageFolderDataset(data)
+
+    class _Loaded:
+        classes = folder.classes
+
+        def __len__(self) -> int:
+            return len(folder) if size is None else min(size, len(folder))
+
+        def __getitem__(self, i: int):
+            path, label = folder[i]
+            return load_image(path), label
+
+    return _Loaded()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from navit_deploy.data.procedural import CLASSES
+    from navit_deploy.frontend import FrontendConfig
+    from navit_deploy.model.config import NaViTConfig
+    from navit_deploy.train.config import TrainConfig
+    from navit_deploy.train.loop import train
+
+    data = load_dataset(args.data, "train", None)
+    labels = tuple(CLASSES) if args.data == "procedural" else tuple(data.classes)
+    fe = FrontendConfig(max_patches=args.max_patches, square_grid=args.square_grid if args.mode == "vit" else 0)
+    mc = NaViTConfig(dim=args.dim, depth=args.depth, heads=args.heads, pool_heads=args.heads,
+                     num_classes=len(labels), labels=labels, frontend=fe)
+    tc = TrainConfig(mode=args.mode, total_tokens=args.tokens, min_patches=min(args.min_patches, args.max_patches),
+                     drop_max=args.drop_max if args.mode == "navit" else 0.0, lr=args.lr, seed=args.seed, threads=args.threads,
+                     warmup_tokens=max(1, args.tokens // 20))
+    res = train(data, mc, tc, args.out, resume=not args.no_resume, workers=args.workers)
+    print(f"trained {args.mode}: {res.tokens_seen} tokens, {res.images_seen} images, {res.steps} steps, "
+          f"{res.wall_s:.0f} s -> {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from navit_deploy.evaluation import evaluate
+    from navit_deploy.runtime import Pipeline
+
+    if args.onnx:
+        from navit_deploy.runtime.onnx_runner import OnnxRunner
+
+        runner = OnnxRunner(args.onnx, provider=args.provider)
+        frontend = runner.artifact.frontend
+        what = args.onnx
+    else:
+        from navit_deploy.runtime.torch_runner import TorchRunner
+
+        runner = TorchRunner(args.model or "builtin", attention="segment")
+        frontend = runner.model.config.frontend
+        what = args.model or "builtin"
+    data = load_dataset(args.data, "test", args.size)
+    with runner:
+        report = evaluate(Pipeline(runner, frontend), data, progress=not args.json)
+    if args.json:
+        print(json.dumps({"model": str(what), **report.to_json()}))
+    else:
+        print(f"{what}: held-out top-1 {report.top1:.4f} on {report.images} images ({report.failed} failed)")
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from navit_deploy.frontend import FrontendConfig, prepare_image
+    from navit_deploy.packing import Packer, padding_fraction
+
+    fe = FrontendConfig(patch_size=args.patch_size, max_patches=args.max_patches)
+    prepared, errors, names = [], [], []
+    for path in args.images:
+        try:
+            prepared.append(prepare_image(path, fe))
+            names.append(path)
+        except ImageError as exc:
+            errors.append({"path": path, "error": str(exc), "error_type": type(exc).__name__})
+    packer = Packer(args.pack_len, args.max_images)
+    packs = packer.pack(prepared) if prepared else []
+    pad = padding_fraction(packs)
+    report = {
+        "images": len(prepared),
+        "packs": len(packs),
+        "pack_len": args.pack_len,
+        "padding_fraction": round(pad, 6),
+        "tokens": sum(p.num_tokens for p in prepared),
+        "per_image": [{"path": n, "tokens": p.num_tokens, "grid": list(p.grid), "resized_size": list(p.resized_size)}
+                      for n, p in zip(names, prepared)],
+        "per_pack": [{"images": [names[i] for i in pk.image_index.tolist()], "valid_tokens": pk.num_valid} for pk in packs],
+        "errors": errors,
+    }
+    if args.png and packs:
+        from navit_deploy.packing.visualize import draw_packs
+
+        draw_packs(packs, args.png, names=[Path(n).name for n in names])
+        report["png"] = args.png
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(f"{len(prepared)} images -> {len(packs)} packs of {args.pack_len} tokens, padding {pad:.2%}")
+        for e in errors:
+            print(f"  error: {e['path']}: {e['error']}", file=sys.stderr)
+    return 1 if errors else 0

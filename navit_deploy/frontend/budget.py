@@ -1,0 +1,95 @@
+"""Token budgets: native-aspect target sizes for NaFlex-style ``max_patches`` and Qwen2-VL-style pixels."""
+
+from __future__ import annotations
+
+import math
+
+from navit_deploy.errors import BudgetError
+from navit_deploy.frontend.config import FrontendConfig
+
+
+def _grid_for_scale(width: int, height: int, scale: float, patch: int) -> tuple[int, int]:
+    gw = max(1, round(width * scale / patch))
+    gh = max(1, round(height * scale / patch))
+    return gw, gh
+
+
+def max_patches_grid(width: int, height: int, cfg: FrontendConfig) -> tuple[int, int]:
+    """Largest (grid_w, grid_h) at the native aspect ratio with ``grid_w*grid_h <= max_patches``.
+
+    Each side is rounded to whole patches, so the aspect ratio moves by at most one patch of rounding.
+    Both sides are also capped at ``cfg.max_grid`` (the positional-embedding table size).
+    """
+    p = cfg.patch_size
+    lo, hi = 0.0, math.sqrt(cfg.max_patches * p * p / (width * height)) * 2.0 + 1.0
+    if not cfg.upscale:
+        hi = min(hi, 1.0 + 1e-9)
+    # Binary search for the largest scale whose rounded grid fits both limits.
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        gw, gh = _grid_for_scale(width, height, mid, p)
+        if gw * gh <= cfg.max_patches and gw <= cfg.max_grid and gh <= cfg.max_grid:
+            lo = mid
+        else:
+            hi = mid
+    scale = lo  # the grid at `lo` always fits: a 1x1 grid fits any valid config
+    gw, gh = _grid_for_scale(width, height, scale, p)
+    _check_aspect(width, height, gw, gh, p, scale, cfg)
+    return gw, gh
+
+
+def _check_aspect(width: int, height: int, gw: int, gh: int, p: int, scale: float, cfg: FrontendConfig) -> None:
+    # The clamp to one patch would distort the image by more than one patch of rounding when the
+    # short side would be less than half a patch at the chosen scale.
+    if min(width, height) * scale / p < 0.5 - 1e-9:
+        ratio = max(width, height) / min(width, height)
+        raise BudgetError(
+            f"image {width}x{height} (aspect {ratio:.1f}:1) cannot fit the budget "
+            f"(max_patches={cfg.max_patches}, max_grid={cfg.max_grid}) without distorting its aspect ratio; "
+            "crop or tile it, or raise the budget"
+        )
+
+
+def pixel_range_size(width: int, height: int, cfg: FrontendConfig) -> tuple[int, int]:
+    """Qwen2-VL ``smart_resize``: sides multiple of the patch size, pixels in [min_pixels, max_pixels].
+
+    Returns the target (width, height) in pixels.
+    """
+    p = cfg.patch_size
+    ratio = max(width, height) / min(width, height)
+    if ratio > 200:
+        raise BudgetError(f"image {width}x{height} has aspect ratio {ratio:.0f}:1 > 200:1; crop or tile it")
+    h_bar = max(p, round(height / p) * p)
+    w_bar = max(p, round(width / p) * p)
+    if h_bar * w_bar > cfg.max_pixels:
+        beta = math.sqrt(height * width / cfg.max_pixels)
+        h_bar = max(p, math.floor(height / beta / p) * p)
+        w_bar = max(p, math.floor(width / beta / p) * p)
+    elif h_bar * w_bar < cfg.min_pixels:
+        beta = math.sqrt(cfg.min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / p) * p
+        w_bar = math.ceil(width * beta / p) * p
+    if h_bar * w_bar > cfg.max_pixels:
+        raise BudgetError(
+            f"image {width}x{height} cannot fit max_pixels={cfg.max_pixels} at patch size {p} "
+            "with at least one patch per side; crop it or raise max_pixels"
+        )
+    if w_bar // p > cfg.max_grid or h_bar // p > cfg.max_grid:
+        raise BudgetError(
+            f"image {width}x{height} needs a {w_bar // p}x{h_bar // p} patch grid, larger than the model's "
+            f"max_grid={cfg.max_grid}; lower max_pixels or crop the image"
+        )
+    return w_bar, h_bar
+
+
+def target_size(width: int, height: int, cfg: FrontendConfig) -> tuple[int, int]:
+    """Target (width, height) in pixels, multiples of the patch size, for an image of the given size."""
+    if width <= 0 or height <= 0:
+        raise BudgetError(f"image has an empty side: {width}x{height}")
+    if cfg.square_grid:
+        side = cfg.square_grid * cfg.patch_size
+        return side, side
+    if cfg.budget == "pixels":
+        return pixel_range_size(width, height, cfg)
+    gw, gh = max_patches_grid(width, height, cfg)
+    return gw * cfg.patch_size, gh * cfg.patch_size

@@ -1,0 +1,151 @@
+"""Decode images from files, bytes, PIL images or numpy frames into RGB PIL images. Torch-free.
+
+Every failure is an :class:`~navit_deploy.errors.ImageError` subclass naming the input, so a
+pipeline can report it for that image alone.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Literal, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from navit_deploy.errors import ImageDecodeError, ImageTooLargeError
+
+ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ChannelOrder = Literal["RGB", "BGR"]
+
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+
+
+def describe_source(src: object) -> str:
+    """Short human-readable name of an image source for error messages."""
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    if isinstance(src, bytes):
+        return f"<{len(src)} bytes>"
+    if isinstance(src, np.ndarray):
+        return f"<array {src.shape} {src.dtype}>"
+    if isinstance(src, Image.Image):
+        return f"<PIL {src.mode} {src.size[0]}x{src.size[1]}>"
+    return f"<{type(src).__name__}>"
+
+
+def _to_rgb(img: Image.Image, name: str) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        # High-bit-depth scans: map the full range of the data type to 8 bits, not the data's own range,
+        # so that a dark image stays dark.
+        top = 65535.0 if mode.startswith("I;16") else max(hi, 1.0) if mode == "I" else max(hi, 1.0)
+        if mode == "F" and hi <= 1.0 and lo >= 0.0:
+            top = 1.0
+        arr8 = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        # Composite transparent regions on white: documents and UI screenshots have white paper.
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageDecodeError(f"{name}: cannot convert image mode {mode!r} to RGB ({exc})") from exc
+
+
+def _from_array(arr: np.ndarray, channel_order: ChannelOrder, name: str) -> Image.Image:
+    if arr.dtype != np.uint8:
+        raise ImageDecodeError(f"{name}: numpy frames must be uint8 (HWC or HW), got dtype {arr.dtype}")
+    if arr.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(arr), mode="L").convert("RGB")
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ImageDecodeError(f"{name}: numpy frames must be HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageDecodeError(f"{name}: empty frame of shape {arr.shape}")
+    if arr.shape[2] == 1:
+        return Image.fromarray(np.ascontiguousarray(arr[:, :, 0]), mode="L").convert("RGB")
+    rgb = arr[:, :, :3]
+    if channel_order == "BGR":
+        rgb = rgb[:, :, ::-1]
+    return Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+
+
+def load_image(
+    src: ImageSource,
+    *,
+    channel_order: ChannelOrder = "RGB",
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> Image.Image:
+    """Decode ``src`` into an RGB PIL image with EXIF orientation applied.
+
+    ``src`` may be a path, encoded bytes, a PIL image or a numpy frame (HxWx3 uint8 in
+    ``channel_order``; OpenCV hands frames as ``"BGR"``). Raises :class:`ImageDecodeError` for missing,
+    empty, corrupt, truncated or non-image inputs and :class:`ImageTooLargeError` past ``max_image_pixels``
+    (decompression-bomb guard, checked from the header before any pixel is decoded).
+    """
+    name = describe_source(src)
+    if isinstance(src, np.ndarray):
+        img = _from_array(src, channel_order, name)
+        _check_pixels(img.size, max_image_pixels, name)
+        return img
+    if isinstance(src, Image.Image):
+        img = src
+    else:
+        img = _open(src, name, max_image_pixels)
+    _check_pixels(img.size, max_image_pixels, name)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{name}: {exc}") from exc
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"{name}: corrupt or truncated image data ({exc})") from exc
+    if img.size[0] == 0 or img.size[1] == 0:
+        raise ImageDecodeError(f"{name}: image has zero size {img.size}")
+    return _to_rgb(img, name)
+
+
+def _open(src: Union[str, os.PathLike, bytes], name: str, max_image_pixels: int) -> Image.Image:
+    if isinstance(src, bytes):
+        if not src:
+            raise ImageDecodeError(f"{name}: empty buffer")
+        fp: object = io.BytesIO(src)
+    else:
+        path = Path(src)
+        if not path.exists():
+            raise ImageDecodeError(f"{name}: no such file")
+        if path.is_dir():
+            raise ImageDecodeError(f"{name}: is a directory, not an image file")
+        if path.stat().st_size == 0:
+            raise ImageDecodeError(f"{name}: empty file")
+        fp = io.BytesIO(path.read_bytes())
+    old_limit = Image.MAX_IMAGE_PIXELS
+    try:
+        # Our own limit is checked below; PIL's is lifted so its error does not pre-empt ours.
+        Image.MAX_IMAGE_PIXELS = None
+        return Image.open(fp)  # lazy: reads the header only
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"{name}: not a recognised image format") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageDecodeError(f"{name}: cannot read image header ({exc})") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+
+
+def _check_pixels(size: tuple[int, int], limit: int, name: str) -> None:
+    w, h = size
+    if w * h > limit:
+        raise ImageTooLargeError(
+            f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {limit} (decompression-bomb guard); "
+            "downscale it first or raise max_image_pixels"
+        )

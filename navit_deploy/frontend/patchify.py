@@ -1,0 +1,94 @@
+"""Resize at native aspect ratio, normalize and cut into patches. Torch-free (numpy + Pillow)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from navit_deploy.frontend.budget import target_size
+from navit_deploy.frontend.config import FrontendConfig
+from navit_deploy.frontend.loading import ImageSource, ChannelOrder, load_image
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image cut into patches, ready to pack.
+
+    ``patches`` is ``[n, C*p*p]`` float32 (channel-major inside a patch: ``(c, py, px)``),
+    ``coords`` is ``[n, 2]`` int64 (row, col) on the patch grid, row-major order.
+    """
+
+    patches: np.ndarray
+    coords: np.ndarray
+    grid: tuple[int, int]  # (grid_h, grid_w)
+    resized_size: tuple[int, int]  # (width, height) after the budgeted resize
+    original_size: tuple[int, int]  # (width, height) as decoded
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.patches.shape[0])
+
+    def keep_tokens(self, keep: np.ndarray) -> "PreparedImage":
+        """A copy keeping only the token indices in ``keep`` (used for token dropping in training)."""
+        return PreparedImage(self.patches[keep], self.coords[keep], self.grid, self.resized_size, self.original_size)
+
+
+def grid_coords(grid_h: int, grid_w: int) -> np.ndarray:
+    """Row-major (row, col) coordinates of a ``grid_h x grid_w`` patch grid, int64 ``[gh*gw, 2]``."""
+    rows, cols = np.meshgrid(np.arange(grid_h, dtype=np.int64), np.arange(grid_w, dtype=np.int64), indexing="ij")
+    return np.stack([rows.ravel(), cols.ravel()], axis=1)
+
+
+def patchify(pixels: np.ndarray, patch: int) -> np.ndarray:
+    """``[H, W, C]`` -> ``[(H/p)*(W/p), C*p*p]`` with row-major patch order and ``(c, py, px)`` inside a patch."""
+    h, w, c = pixels.shape
+    gh, gw = h // patch, w // patch
+    x = pixels[: gh * patch, : gw * patch].reshape(gh, patch, gw, patch, c)
+    return np.ascontiguousarray(x.transpose(0, 2, 4, 1, 3).reshape(gh * gw, c * patch * patch))
+
+
+def resize_to(img: Image.Image, size: tuple[int, int], cfg: FrontendConfig) -> Image.Image:
+    """Resize with antialiasing; a no-op when the size already matches."""
+    if img.size == size:
+        return img
+    # reducing_gap makes large downscales fast (JPEG draft-style box reduction first) at no visible cost.
+    return img.resize(size, _RESAMPLE[cfg.resample], reducing_gap=3.0)
+
+
+def normalize(img: Image.Image, cfg: FrontendConfig) -> np.ndarray:
+    """uint8 RGB -> float32 ``[H, W, C]`` scaled to [0, 1] then standardized with the config's mean/std."""
+    arr = np.asarray(img, dtype=np.float32)
+    if cfg.channels == 1:
+        arr = arr.mean(axis=2, keepdims=True)
+    scale = np.asarray(cfg.std, dtype=np.float32) * 255.0
+    shift = np.asarray(cfg.mean, dtype=np.float32) / np.asarray(cfg.std, dtype=np.float32)
+    return arr / scale - shift
+
+
+def prepare_pil(img: Image.Image, cfg: FrontendConfig, size: tuple[int, int] | None = None) -> PreparedImage:
+    """Budgeted native-aspect resize, normalize and patchify an RGB PIL image.
+
+    ``size`` overrides the budget (used for square-resize baselines and fixed-size training).
+    """
+    width, height = img.size
+    tw, th = size if size is not None else target_size(width, height, cfg)
+    resized = resize_to(img, (tw, th), cfg)
+    pixels = normalize(resized, cfg)
+    gh, gw = th // cfg.patch_size, tw // cfg.patch_size
+    return PreparedImage(
+        patches=patchify(pixels, cfg.patch_size),
+        coords=grid_coords(gh, gw),
+        grid=(gh, gw),
+        resized_size=(tw, th),
+        original_size=(width, height),
+    )
+
+
+def prepare_image(src: ImageSource, cfg: FrontendConfig, *, channel_order: ChannelOrder = "RGB") -> PreparedImage:
+    """Load (EXIF-aware, any mode to RGB), resize to the budget at native aspect, normalize, patchify."""
+    img = load_image(src, channel_order=channel_order, max_image_pixels=cfg.max_image_pixels)
+    return prepare_pil(img, cfg)

@@ -1,0 +1,93 @@
+"""The one place that chooses how attention confined to each image is computed.
+
+Every implementation takes ``q, k, v`` as ``[T, H, D]``, the pack's ``segment_ids [T]`` (``-1`` on
+padding) and ``cu_seqlens [B+1]`` (int32), and returns ``[T, H, D]``. Export lowerings register more
+implementations here (see :mod:`navit_deploy.export.lowerings`) so the model never branches on them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from navit_deploy.errors import BackendUnavailableError, ConfigError
+
+
+class AttentionFn(Protocol):
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment_ids: torch.Tensor,
+                 cu_seqlens: torch.Tensor, scale: float) -> torch.Tensor: ...
+
+
+_REGISTRY: dict[str, AttentionFn] = {}
+
+
+def register_attention(name: str) -> Callable[[AttentionFn], AttentionFn]:
+    """Decorator adding an attention implementation under ``name``."""
+
+    def deco(fn: AttentionFn) -> AttentionFn:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def get_attention(name: str) -> AttentionFn:
+    """The implementation registered as ``name``; a clear error listing the choices otherwise."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown attention implementation {name!r}; choose one of {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def available_attention() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def block_diagonal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """``[T, T]`` bool mask: token i may attend to j iff they belong to the same segment (padding to padding)."""
+    return segment_ids.unsqueeze(1) == segment_ids.unsqueeze(0)
+
+
+@register_attention("dense")
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment_ids: torch.Tensor,
+                    cu_seqlens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Full ``T x T`` attention with a block-diagonal mask built from segment ids. Exportable with standard ops."""
+    mask = block_diagonal_mask(segment_ids)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
+        attn_mask=mask, scale=scale,
+    )
+    return out.squeeze(0).transpose(0, 1)
+
+
+@register_attention("segment")
+def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment_ids: torch.Tensor,
+                      cu_seqlens: torch.Tensor, scale: float) -> torch.Tensor:
+    """Reference: a Python loop running plain attention per image. Not exportable; used to check the others."""
+    out = torch.zeros_like(q)
+    bounds = cu_seqlens.tolist()
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        if e > s:
+            qs, ks, vs = (t[s:e].transpose(0, 1) for t in (q, k, v))
+            out[s:e] = F.scaled_dot_product_attention(qs, ks, vs, scale=scale).transpose(0, 1)
+    return out
+
+
+@register_attention("varlen")
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment_ids: torch.Tensor,
+                     cu_seqlens: torch.Tensor, scale: float) -> torch.Tensor:
+    """``torch.nn.attention.varlen.varlen_attn`` (CUDA, fp16/bf16) driven by ``cu_seqlens``; padding gets zeros."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError as exc:  # pragma: no cover - depends on the torch build
+        raise BackendUnavailableError("this torch build has no torch.nn.attention.varlen") from exc
+    if q.device.type != "cuda":
+        raise BackendUnavailableError("varlen attention needs a CUDA device; use 'dense' or 'segment' on CPU")
+    cu = cu_seqlens.to(torch.int32)
+    lengths = cu[1:] - cu[:-1]
+    max_len = int(lengths.max()) if lengths.numel() else 0
+    out = torch.zeros_like(q)
+    valid = int(cu[-1])
+    out[:valid] = varlen_attn(q[:valid], k[:valid], v[:valid], cu, cu, max_len, max_len, scale=scale)
+    return out

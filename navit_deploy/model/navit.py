@@ -1,0 +1,59 @@
+"""NaViT over packed sequences: forward takes only flat tensors decided on the host by the packer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from navit_deploy.model.attention import get_attention
+from navit_deploy.model.config import NaViTConfig
+from navit_deploy.model.layers import Block, FactorizedPosEmbed, MaskedAttentionPool, PatchEmbed
+
+
+class NaViT(nn.Module):
+    """Patch n' Pack Vision Transformer.
+
+    ``forward(patches [T, C*p*p], coords [T, 2], segment_ids [T], cu_seqlens [B+1])`` returns
+    ``(embeddings [B, dim], logits [B, num_classes])``, one row per image in pack order. Padding
+    tokens (segment id ``-1``) influence nothing.
+    """
+
+    def __init__(self, config: NaViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.patch_embed = PatchEmbed(c.patch_dim, c.dim, c.norm_eps)
+        self.pos_embed = FactorizedPosEmbed(c.max_grid, c.dim, fractional=c.pos_mode == "fractional")
+        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio, c.qk_norm, c.norm_eps) for _ in range(c.depth))
+        self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.pool = MaskedAttentionPool(c.dim, c.pool_heads, c.mlp_ratio, c.norm_eps)
+        self.head_norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        self.head = nn.Linear(c.dim, c.num_classes)
+        self.apply(_init_weights)
+
+    @property
+    def attention(self) -> str:
+        return self.blocks[0].attn.impl
+
+    def set_attention(self, name: str) -> "NaViT":
+        """Switch every block to the attention implementation registered as ``name``."""
+        get_attention(name)  # validates the name
+        for block in self.blocks:
+            block.attn.impl = name
+        return self
+
+    def forward(self, patches: torch.Tensor, coords: torch.Tensor, segment_ids: torch.Tensor,
+                cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.patch_embed(patches) + self.pos_embed(coords, segment_ids, cu_seqlens)
+        for block in self.blocks:
+            x = block(x, segment_ids, cu_seqlens)
+        pooled = self.pool(self.norm(x), segment_ids, cu_seqlens)
+        embeddings = self.head_norm(pooled)
+        return embeddings, self.head(embeddings)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,177 @@
+"""First-fit-decreasing packing of prepared images into fixed-length token sequences. Torch-free.
+
+The packer decides everything data-dependent (how many images, how many tokens each) on the host, so
+the model forward sees only flat tensors and can be exported with dynamic axes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+from navit_deploy.errors import PackingError
+
+PAD_SEGMENT = -1
+
+
+class Packable(Protocol):
+    """Anything with patches ``[n, D]`` and coords ``[n, 2]`` (e.g. :class:`PreparedImage`)."""
+
+    patches: np.ndarray
+    coords: np.ndarray
+
+    @property
+    def num_tokens(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class PackedBatch:
+    """One fixed-length pack of images: the model's inputs plus the map back to the caller's order.
+
+    ``patches [L, C*p*p]`` float32, ``coords [L, 2]`` int64 (row, col), ``segment_ids [L]`` int64 with
+    ``-1`` on padding, ``cu_seqlens [B+1]`` int32, ``valid [L]`` bool, ``image_index [B]`` int64 giving,
+    for the b-th image of the pack, its position in the caller's input sequence. Images occupy
+    contiguous token ranges ``cu_seqlens[b]:cu_seqlens[b+1]``; padding sits at the end.
+    """
+
+    patches: np.ndarray
+    coords: np.ndarray
+    segment_ids: np.ndarray
+    cu_seqlens: np.ndarray
+    valid: np.ndarray
+    image_index: np.ndarray
+
+    @property
+    def pack_len(self) -> int:
+        return int(self.patches.shape[0])
+
+    @property
+    def num_images(self) -> int:
+        return int(self.cu_seqlens.shape[0] - 1)
+
+    @property
+    def num_valid(self) -> int:
+        return int(self.cu_seqlens[-1])
+
+    @property
+    def seqlens(self) -> np.ndarray:
+        return np.diff(self.cu_seqlens)
+
+    def model_inputs(self) -> dict[str, np.ndarray]:
+        """The four tensors the model takes, by their ONNX input names."""
+        return {
+            "patches": self.patches,
+            "coords": self.coords,
+            "segment_ids": self.segment_ids,
+            "cu_seqlens": self.cu_seqlens,
+        }
+
+
+def build_pack(items: Sequence[Packable], image_index: Sequence[int], pack_len: int | None = None) -> PackedBatch:
+    """Concatenate ``items`` into one pack, zero-padded to ``pack_len`` (no padding when None)."""
+    if not items:
+        raise PackingError("cannot build a pack with no images")
+    lengths = np.array([it.num_tokens for it in items], dtype=np.int64)
+    if np.any(lengths <= 0):
+        raise PackingError("every image in a pack needs at least one token")
+    total = int(lengths.sum())
+    length = total if pack_len is None else int(pack_len)
+    if total > length:
+        raise PackingError(f"{total} tokens do not fit a pack of length {length}")
+    dim = items[0].patches.shape[1]
+    patches = np.zeros((length, dim), dtype=np.float32)
+    coords = np.zeros((length, 2), dtype=np.int64)
+    segment_ids = np.full((length,), PAD_SEGMENT, dtype=np.int64)
+    cu = np.zeros(len(items) + 1, dtype=np.int32)
+    cu[1:] = np.cumsum(lengths)
+    for b, it in enumerate(items):
+        if it.patches.shape[1] != dim:
+            raise PackingError(f"patch width mismatch in pack: {it.patches.shape[1]} vs {dim}")
+        s, e = int(cu[b]), int(cu[b + 1])
+        patches[s:e] = it.patches
+        coords[s:e] = it.coords
+        segment_ids[s:e] = b
+    valid = segment_ids >= 0
+    return PackedBatch(patches, coords, segment_ids, cu, valid, np.asarray(image_index, dtype=np.int64))
+
+
+def first_fit_decreasing(lengths: Sequence[int], pack_len: int, max_images: int) -> list[list[int]]:
+    """Assign item indices to bins of capacity ``pack_len`` holding at most ``max_images`` items.
+
+    Items are placed longest first into the first bin with room. Within a bin, items keep their
+    input order (so results are stable). Raises :class:`PackingError` for an item longer than a pack.
+    """
+    if pack_len <= 0 or max_images <= 0:
+        raise PackingError(f"pack_len and max_images must be positive, got {pack_len}, {max_images}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = lengths[i]
+        if n > pack_len:
+            raise PackingError(f"image {i} has {n} tokens, more than the pack length {pack_len}")
+        for b in range(len(bins)):
+            if room[b] >= n and len(bins[b]) < max_images:
+                bins[b].append(i)
+                room[b] -= n
+                break
+        else:
+            bins.append([i])
+            room.append(pack_len - n)
+    return [sorted(b) for b in bins]
+
+
+@dataclass(frozen=True)
+class Packer:
+    """Packs prepared images into fixed-length :class:`PackedBatch` es.
+
+    ``pack_len`` is the token length of every pack; ``max_images`` caps images per pack (it bounds the
+    image axis of the exported model and the TensorRT profile).
+    """
+
+    pack_len: int = 1024
+    max_images: int = 64
+
+    def pack(self, items: Sequence[Packable], indices: Sequence[int] | None = None) -> list[PackedBatch]:
+        """Pack all ``items``; ``indices`` (default ``0..n-1``) are the caller's positions reported back."""
+        if indices is None:
+            indices = range(len(items))
+        indices = list(indices)
+        bins = first_fit_decreasing([it.num_tokens for it in items], self.pack_len, self.max_images)
+        return [build_pack([items[i] for i in b], [indices[i] for i in b], self.pack_len) for b in bins]
+
+    def stream(self, items: Iterable[tuple[int, Packable]], buffer: int = 64, min_fill: float = 0.98) -> Iterator[PackedBatch]:
+        """Pack an unbounded stream of ``(index, item)`` pairs holding at most ``buffer`` items at a time.
+
+        Each round packs the buffered items with FFD, emits the packs filled to at least ``min_fill``,
+        and carries the rest into the next round, so memory stays bounded and padding stays low.
+        Everything left is flushed when the stream ends.
+        """
+        pending: list[tuple[int, Packable]] = []
+        for pair in items:
+            pending.append(pair)
+            if len(pending) >= buffer:
+                pending, ready = self._round(pending, min_fill)
+                yield from ready
+        while pending:
+            pending, ready = self._round(pending, 0.0)
+            yield from ready
+
+    def _round(self, pending: list[tuple[int, Packable]], min_fill: float) -> tuple[list[tuple[int, Packable]], list[PackedBatch]]:
+        bins = first_fit_decreasing([it.num_tokens for _, it in pending], self.pack_len, self.max_images)
+        fill = [sum(pending[i][1].num_tokens for i in b) for b in bins]
+        chosen = [b for b, f in zip(bins, fill) if f >= min_fill * self.pack_len or len(b) >= self.max_images]
+        if not chosen:
+            # Nothing reached min_fill: emit the fullest pack so the stream always makes progress.
+            chosen = [bins[int(np.argmax(fill))]]
+        used = {i for b in chosen for i in b}
+        ready = [build_pack([pending[i][1] for i in b], [pending[i][0] for i in b], self.pack_len) for b in chosen]
+        return [p for i, p in enumerate(pending) if i not in used], ready
+
+
+def padding_fraction(packs: Sequence[PackedBatch]) -> float:
+    """Fraction of computed tokens that are padding across ``packs``."""
+    total = sum(p.pack_len for p in packs)
+    return 0.0 if total == 0 else 1.0 - sum(p.num_valid for p in packs) / total

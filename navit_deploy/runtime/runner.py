@@ -1,0 +1,124 @@
+"""One runner interface for torch, ONNX Runtime and TensorRT (Polygraphy-style activate/infer/deactivate).
+
+Runners validate what they are fed (names, dtypes, shapes, finiteness, pack limits) and raise
+:class:`~navit_deploy.errors.InputValidationError` naming the problem. Torch-free.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from navit_deploy.errors import InputValidationError
+from navit_deploy.packing import PackedBatch
+
+INPUT_NAMES = ("patches", "coords", "segment_ids", "cu_seqlens")
+OUTPUT_NAMES = ("embeddings", "logits")
+INPUT_DTYPES = {"patches": np.float32, "coords": np.int64, "segment_ids": np.int64, "cu_seqlens": np.int32}
+
+
+@dataclass(frozen=True)
+class RunnerOutput:
+    """Per-image outputs of one pack, in pack order: ``embeddings [B, D]``, ``logits [B, C]`` (float32)."""
+
+    embeddings: np.ndarray
+    logits: np.ndarray
+
+
+@dataclass(frozen=True)
+class PackLimits:
+    """What a backend accepts: the largest pack length and images per pack (e.g. a TensorRT profile)."""
+
+    max_pack_len: int
+    max_images: int
+    min_pack_len: int = 1
+
+
+def validate_inputs(feed: dict[str, np.ndarray], patch_dim: int, limits: PackLimits | None = None) -> None:
+    """Check names, dtypes, shapes, finiteness and limits of a model feed; raise a clear error otherwise."""
+    missing = [n for n in INPUT_NAMES if n not in feed]
+    extra = [n for n in feed if n not in INPUT_NAMES]
+    if missing or extra:
+        raise InputValidationError(f"feed must have exactly {list(INPUT_NAMES)}; missing {missing}, unexpected {extra}")
+    for name, dtype in INPUT_DTYPES.items():
+        if feed[name].dtype != dtype:
+            raise InputValidationError(f"input {name!r} must be {np.dtype(dtype).name}, got {feed[name].dtype}")
+    patches, coords, seg, cu = (feed[n] for n in INPUT_NAMES)
+    if patches.ndim != 2 or patches.shape[1] != patch_dim:
+        raise InputValidationError(f"'patches' must be [T, {patch_dim}], got {list(patches.shape)}")
+    t = patches.shape[0]
+    if coords.shape != (t, 2):
+        raise InputValidationError(f"'coords' must be [{t}, 2], got {list(coords.shape)}")
+    if seg.shape != (t,):
+        raise InputValidationError(f"'segment_ids' must be [{t}], got {list(seg.shape)}")
+    if cu.ndim != 1 or cu.shape[0] < 2:
+        raise InputValidationError(f"'cu_seqlens' must be [B+1] with B >= 1, got {list(cu.shape)}")
+    if cu[0] != 0 or np.any(np.diff(cu) <= 0) or cu[-1] > t:
+        raise InputValidationError(f"'cu_seqlens' must start at 0, strictly increase and end <= {t}: {cu.tolist()[:8]}...")
+    if not np.all(np.isfinite(patches)):
+        raise InputValidationError(f"'patches' has {int((~np.isfinite(patches)).sum())} non-finite values")
+    if np.any(coords < 0):
+        raise InputValidationError("'coords' must be non-negative")
+    if limits is not None:
+        b = cu.shape[0] - 1
+        if t > limits.max_pack_len or t < limits.min_pack_len:
+            raise InputValidationError(f"pack of {t} tokens is outside this backend's range "
+                                       f"[{limits.min_pack_len}, {limits.max_pack_len}]; use a smaller pack length")
+        if b > limits.max_images:
+            raise InputValidationError(f"pack has {b} images, more than this backend's limit of {limits.max_images}")
+
+
+class Runner(ABC):
+    """Base class: ``with runner: out = runner.infer(pack)``.
+
+    Subclasses implement :meth:`_activate`, :meth:`_infer` and :meth:`_deactivate`.
+    """
+
+    name: str = "runner"
+    precision: str = "fp32"
+
+    def __init__(self, patch_dim: int, limits: PackLimits | None = None) -> None:
+        self.patch_dim = patch_dim
+        self.limits = limits
+        self.is_active = False
+
+    def activate(self) -> "Runner":
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self._deactivate()
+            self.is_active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.deactivate()
+
+    def infer(self, pack: PackedBatch | dict[str, np.ndarray]) -> RunnerOutput:
+        """Run one pack; validates the feed first. Outputs are in pack order."""
+        if not self.is_active:
+            self.activate()
+        feed = pack.model_inputs() if isinstance(pack, PackedBatch) else pack
+        validate_inputs(feed, self.patch_dim, self.limits)
+        out = self._infer(feed)
+        b = feed["cu_seqlens"].shape[0] - 1
+        if out.embeddings.shape[0] != b or out.logits.shape[0] != b:
+            raise InputValidationError(f"{self.name} returned {out.embeddings.shape[0]} rows for {b} images")
+        return out
+
+    @abstractmethod
+    def _activate(self) -> None: ...
+
+    @abstractmethod
+    def _infer(self, feed: dict[str, np.ndarray]) -> RunnerOutput: ...
+
+    def _deactivate(self) -> None:
+        return None
