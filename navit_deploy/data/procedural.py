@@ -43,9 +43,9 @@ DEFAULT_TEST_SIZE = 1000  # the held-out split's customary size: ProceduralDatas
 
 MIN_SIDE, MAX_SIDE, MAX_ASPECT = 32, 2048, 4.0
 RATIO_RANGE = (1.5, 2.0)  # axis ratio of ellipses and rectangles
-SIZE_RANGE = (0.25, 0.55)  # shape box short side / image short side
+SIZE_RANGE = (0.45, 0.8)  # shape box short side / image short side
 STRIPE_PERIOD = (2.5, 3.5)  # in units; just above the 2-unit Nyquist limit of the NaViT view
-PATCH, BUDGET_PATCHES = 16, 256
+PATCH, BUDGET_PATCHES = 16, 64
 TINY_FRACTION = 0.05  # samples whose long side is 32..96 px
 
 _ASPECTS: dict[str, tuple[float, ...]] = {  # realistic width/height ratios per background kind

@@ -14,6 +14,7 @@ from PIL import Image
 import navit_deploy.data.procedural as P
 from navit_deploy.data.procedural import (
     CLASSES,
+    SIZE_RANGE,
     KINDS,
     SPLIT_IDS,
     ProceduralDataset,
@@ -151,7 +152,7 @@ def test_shape_box_geometry(train_infos: list[SampleInfo]) -> None:
         bw, bh = x1 - x0, y1 - y0
         assert 0 <= x0 < x1 <= info.width and 0 <= y0 < y1 <= info.height, info
         short = min(info.width, info.height)
-        assert 0.25 * short - 1 <= min(bw, bh) <= 0.55 * short + 1, info
+        assert SIZE_RANGE[0] * short - 1 <= min(bw, bh) <= SIZE_RANGE[1] * short + 1, info
         if info.class_name.split("_")[0] in ("circle", "square"):
             assert bw == bh, info
         else:
