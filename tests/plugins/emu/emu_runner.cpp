@@ -1,0 +1,103 @@
+/*
+ * CPU runner for the NavitPackedAttention device code (see cuda_emu.h). Built into a shared library by
+ * tests/plugins/test_packed_attention_emulation.py and driven through ctypes with host (numpy) buffers.
+ * Test-only code.
+ */
+#include "cuda_emu.h"
+
+#include "packedAttentionDevice.cuh"
+
+#include <cstdlib>
+
+namespace
+{
+
+struct LaunchContext
+{
+    navit::detail::KernelConfig config;
+    navit::detail::PackedAttentionParams params;
+};
+
+void blockEntry(void* arg)
+{
+    auto* ctx = static_cast<LaunchContext*>(arg);
+    ctx->config.kernel(ctx->params);
+}
+
+int candidates(int32_t algo, int32_t isFp16, int32_t headDim, navit::detail::KernelConfig* out)
+{
+    if (algo == 2)
+    {
+        return isFp16 ? navit::detail::wmmaCandidates(headDim, out) : 0;
+    }
+    return isFp16 ? navit::detail::simtCandidates<__half>(headDim, out)
+                  : navit::detail::simtCandidates<float>(headDim, out);
+}
+
+} // namespace
+
+extern "C"
+{
+
+    //! Number of tile configurations for (algo: 1 SIMT, 2 WMMA; dtype; head dim).
+    int32_t navitEmuNumConfigs(int32_t algo, int32_t isFp16, int32_t headDim)
+    {
+        navit::detail::KernelConfig c[navit::detail::kMaxCandidates];
+        return candidates(algo, isFp16, headDim, c);
+    }
+
+    //! Shared-memory bytes of one configuration.
+    int32_t navitEmuSmemBytes(int32_t algo, int32_t isFp16, int32_t headDim, int32_t configIndex)
+    {
+        navit::detail::KernelConfig c[navit::detail::kMaxCandidates];
+        int const n = candidates(algo, isFp16, headDim, c);
+        return configIndex >= 0 && configIndex < n ? c[configIndex].smemBytes : -1;
+    }
+
+    //! Run the kernel on host buffers. order: 0 forward, 1 reverse, >1 shuffled with that seed.
+    int32_t navitEmuRun(void const* q, void const* k, void const* v, int32_t const* cuSeqlens, void* out,
+        int32_t totalTokens, int32_t numSeqs, int32_t numHeads, int32_t headDim, float scale, int32_t isFp16,
+        int32_t algo, int32_t configIndex, int32_t order)
+    {
+        navit::detail::KernelConfig c[navit::detail::kMaxCandidates];
+        int const n = candidates(algo, isFp16, headDim, c);
+        if (configIndex < 0 || configIndex >= n)
+        {
+            return -1;
+        }
+        LaunchContext ctx{};
+        ctx.config = c[configIndex];
+        ctx.params.q = q;
+        ctx.params.k = k;
+        ctx.params.v = v;
+        ctx.params.cuSeqlens = cuSeqlens;
+        ctx.params.out = out;
+        ctx.params.totalTokens = totalTokens;
+        ctx.params.numSeqs = numSeqs;
+        ctx.params.numHeads = numHeads;
+        float const s = scale == 0.F ? 1.F / std::sqrt(static_cast<float>(headDim)) : scale;
+        ctx.params.scaleLog2 = s * navit::detail::kLog2e;
+
+        size_t const smemSize = (static_cast<size_t>(ctx.config.smemBytes) + 127U) & ~size_t{127U};
+        auto* smem = static_cast<unsigned char*>(std::aligned_alloc(128, smemSize));
+        navit_emu::State& st = navit_emu::state();
+        st.smem = smem;
+        st.bDim = dim3{static_cast<unsigned>(ctx.config.threads), 1U, 1U};
+        unsigned const gridX = static_cast<unsigned>(
+            (totalTokens + ctx.config.blockM - 1) / ctx.config.blockM + numSeqs);
+        st.gDim = dim3{gridX, static_cast<unsigned>(numHeads), 1U};
+        for (unsigned by = 0; by < st.gDim.y; ++by)
+        {
+            for (unsigned bx = 0; bx < gridX; ++bx)
+            {
+                st.bIdx = dim3{bx, by, 0U};
+                std::memset(smem, 0xFF, smemSize); // NaN garbage: reads of unwritten shared memory show up
+                navit_emu::runBlock(&blockEntry, &ctx, order);
+            }
+        }
+        st.smem = nullptr;
+        std::free(smem);
+        return 0;
+    }
+
+} // extern "C"
