@@ -15,7 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     from navit_deploy.commands import core
 
     core.add_parsers(sub)
-    for name in ("deploy_cmds", "quantize_cmds", "compile_cmds", "bench_cmds"):
+    for name in ("deploy_cmds", "quantize_cmds", "compile_cmds", "bench_cmds"):  # areas added as they land
         try:
             module = __import__(f"navit_deploy.commands.{name}", fromlist=["add_parsers"])
         except ModuleNotFoundError as exc:

@@ -9,10 +9,13 @@ label is ``shape x fill``:
   circles into ellipses) confuses them, while a native-aspect model (NaViT) does not;
 * fill in {solid, striped}: stripes with a period of ``STRIPE_PERIOD`` "units" run perpendicular to
   the image's long axis and the solid fill is exactly their mean colour, so only the fine detail
-  tells them apart and a squashing resize along the long axis erases it.
+  tells them apart and a resize that squashes the long axis pushes them below its Nyquist limit and
+  blurs most of them away (a square resize to the same budget does so at aspect ratios of about 3:1
+  and more; at 16:9 it keeps much of the detail).
 
-A *unit* is one pixel at the resolution a NaViT with a 256-patch budget of 16 px patches sees the
-image (see :func:`unit_size`), so the detail stays visible to that model at any image size.
+A *unit* is one pixel at the resolution a NaViT with a ``BUDGET_PATCHES``-patch budget (64) of ``PATCH`` px
+(16 px) patches sees the image (see :func:`unit_size`), so the detail stays visible to that model at any
+image size.
 
 Sample ``i`` of a split is generated from ``np.random.default_rng([seed, split_id, i])``; the same
 ``(seed, split, i)`` gives identical pixels with the same numpy/Pillow/scikit-image versions. No file
@@ -81,7 +84,11 @@ class SampleInfo:
 
 
 def unit_size(width: int, height: int) -> float:
-    """Pixels per NaViT-view pixel: ``max(1, long / budget_long)``, budget_long = 16*sqrt(256*aspect)."""
+    """Pixels per NaViT-view pixel: ``max(1, long / budget_long)``, budget_long = PATCH*sqrt(BUDGET_PATCHES*aspect).
+
+    With 16 px patches and a 64-patch budget, budget_long is 128 px for a square image and 256 px at 4:1. The
+    front end rounds each side to whole patches, so its actual view is 0.9x to 1.08x of this along the long side.
+    """
     long, short = max(width, height), min(width, height)
     return max(1.0, long / (PATCH * math.sqrt(BUDGET_PATCHES * long / short)))
 

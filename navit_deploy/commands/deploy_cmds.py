@@ -1,0 +1,128 @@
+"""``navit export``, ``navit parity``, ``navit infer`` and ``navit deploy``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from navit_deploy.export.lowerings import LOWERINGS
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a NaViT to ONNX with dynamic token/image axes")
+    p.add_argument("--model", default="builtin", help="'builtin' or a model directory")
+    p.add_argument("--out", required=True, help="output .onnx path (a .onnx.json sidecar is written beside it)")
+    p.add_argument("--attention", default="dense", help=f"attention lowering: {', '.join(LOWERINGS)}")
+    p.add_argument("--pack-len", type=int, default=1024, help="default pack length recorded for the runtime")
+    p.add_argument("--max-images", type=int, default=64, help="images per pack recorded for the runtime")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("parity", help="compare an exported model (or engine) with PyTorch, image by image")
+    p.add_argument("--model", default="builtin")
+    p.add_argument("--onnx", required=True, help="an exported .onnx model or a TensorRT engine")
+    p.add_argument("--images", default=None, help="folder of images (default: the builtin real+generated samples)")
+    p.add_argument("--provider", default="cpu")
+    p.add_argument("--precision", default=None, help="thresholds to apply (default: the artifact's precision)")
+    p.add_argument("--reference-ops", action="store_true",
+                   help="run custom-node lowerings on CPU with reference kernels (validation only)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser("infer", help="run an exported model on image files")
+    p.add_argument("--onnx", required=True, help="an exported .onnx model or a TensorRT engine")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--provider", default="cpu")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--pack-len", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("deploy", help="export, check parity and profile in one go; writes DIR/report.md")
+    p.add_argument("--model", default="builtin")
+    p.add_argument("--out", required=True)
+    p.add_argument("--images", default=None, help="parity images (default: builtin samples)")
+    p.add_argument("--quick", action="store_true", help="fewer images and repeats in the latency profile")
+    p.set_defaults(func=cmd_deploy)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from navit_deploy.export.onnx_export import export_onnx
+    from navit_deploy.model.weights import WEIGHTS_FILE, load_model, resolve_model_dir, weights_hash
+
+    model = load_model(args.model)
+    digest = weights_hash(resolve_model_dir(args.model) / WEIGHTS_FILE)
+    res = export_onnx(model, args.out, lowering=args.attention, weights_sha256=digest, pack_len=args.pack_len,
+                      max_images=args.max_images)
+    print(f"exported {args.model} -> {res.path} ({args.attention}, {res.path.stat().st_size / 1e6:.1f} MB, "
+          f"{res.seconds:.1f} s); runs on: {LOWERINGS[args.attention].tensorrt}")
+    return 0
+
+
+def parity_images(folder: str | None) -> list:
+    """Paths in ``folder``, or the builtin real photographs, scans and generated camera/document images."""
+    if folder:
+        from navit_deploy.data.image_folder import list_images
+
+        return [str(p) for p in list_images(folder, recursive=True)]
+    from navit_deploy.data.sample_images import builtin_sample_images
+
+    return [img for _, img in builtin_sample_images()]
+
+
+def run_parity(model: str, artifact_path: str, images: list, provider: str = "cpu", precision: str | None = None,
+               reference_ops: bool = False):
+    """Reference (PyTorch) vs candidate on ``images``; returns a :class:`ParityReport`."""
+    from navit_deploy.errors import ArtifactMismatchError
+    from navit_deploy.model.weights import WEIGHTS_FILE, resolve_model_dir, weights_hash
+    from navit_deploy.parity import compare
+    from navit_deploy.runtime.open import open_runner, pipeline_for
+    from navit_deploy.runtime.torch_runner import TorchRunner
+
+    candidate, artifact = open_runner(artifact_path, provider=provider, reference_ops=reference_ops)
+    digest = weights_hash(resolve_model_dir(model) / WEIGHTS_FILE)
+    if artifact.weights_sha256 and artifact.weights_sha256 != digest:
+        raise ArtifactMismatchError(f"{artifact_path} was exported from other weights than {model} "
+                                    f"({artifact.weights_sha256[:12]} vs {digest[:12]}); re-export or pick the right model")
+    reference = TorchRunner(model, attention="segment")
+    with reference, candidate:
+        ref = pipeline_for(reference, artifact).run(images)
+        cand = pipeline_for(candidate, artifact).run(images)
+    return compare(ref, cand, precision or artifact.precision)
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    report = run_parity(args.model, args.onnx, parity_images(args.images), args.provider, args.precision,
+                        args.reference_ops)
+    print(json.dumps(report.to_json(), indent=1) if args.json else report.table())
+    return 0 if report.passed else 1
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from navit_deploy.runtime.open import open_runner, pipeline_for
+
+    runner, artifact = open_runner(args.onnx, provider=args.provider)
+    with runner:
+        results = pipeline_for(runner, artifact, pack_len=args.pack_len).run(args.images)
+    labels = artifact.labels
+    entries = [r.to_json(labels, k=args.top_k) for r in results]
+    if args.json:
+        print(json.dumps(entries, indent=1))
+    else:
+        for e in entries:
+            if "error" in e:
+                print(f"{e['path']}: ERROR {e['error_type']}: {e['error']}", file=sys.stderr)
+                continue
+            top = ", ".join(f"{t['label']} {t['score']:.3f}" for t in e["top_k"])
+            print(f"{e['path']}: {top} | |emb| {e['embedding_norm']:.2f} | {e['tokens']} tokens, "
+                  f"resized {e['resized_size'][0]}x{e['resized_size'][1]}")
+    return 1 if any("error" in e for e in entries) else 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from navit_deploy.deploy import deploy
+
+    report = deploy(args.model, Path(args.out), images=args.images, quick=args.quick)
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0 if report["passed"] else 1

@@ -1,0 +1,109 @@
+"""``navit export``: NaViT -> ONNX with dynamic token and image axes and the chosen attention lowering."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from navit_deploy.errors import ArtifactMismatchError
+from navit_deploy.export import ops  # noqa: F401  (registers navit::packed_attention and the packed-op impl)
+from navit_deploy.export.lowerings import get_lowering, translation_table
+from navit_deploy.frontend import grid_coords
+from navit_deploy.model.navit import NaViT
+from navit_deploy.packing import build_pack
+from navit_deploy.runtime.artifact import METADATA_KEY, DeploymentArtifact, write_sidecar
+from navit_deploy.runtime.runner import INPUT_NAMES, OUTPUT_NAMES
+
+DEFAULT_OPSET = 18
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    artifact: DeploymentArtifact
+    seconds: float
+
+
+def example_pack(model: NaViT, grids: tuple[tuple[int, int], ...] = ((5, 7), (3, 3), (1, 4))):
+    """A small pack used to trace the model (its sizes are not baked in: axes are dynamic)."""
+    rng = np.random.default_rng(0)
+    from navit_deploy.frontend import PreparedImage
+
+    items = [PreparedImage(rng.standard_normal((h * w, model.config.patch_dim)).astype(np.float32),
+                           grid_coords(h, w), (h, w), (w, h), (w, h)) for h, w in grids]
+    return build_pack(items, list(range(len(items))), pack_len=sum(h * w for h, w in grids) + 3)
+
+
+def export_onnx(model: NaViT, out: str | Path, *, lowering: str = "dense", weights_sha256: str = "",
+                pack_len: int = 1024, max_images: int = 64, opset: int = DEFAULT_OPSET) -> ExportResult:
+    """Export ``model`` to ``out`` (a single self-contained .onnx) and write the artifact metadata + sidecar."""
+    low = get_lowering(lowering)
+    cfg = model.config
+    start = time.time()
+    model = model.eval().set_attention(low.attention_impl)
+    pack = example_pack(model)
+    args = tuple(torch.from_numpy(a) for a in pack.model_inputs().values())
+    tokens = torch.export.Dim("tokens", min=2, max=1 << 20)
+    images = torch.export.Dim("images", min=1, max=1 << 16)
+    dynamic = ({0: tokens}, {0: tokens}, {0: tokens}, {0: images + 1})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=dynamic, input_names=list(INPUT_NAMES),
+                                    output_names=list(OUTPUT_NAMES), opset_version=opset,
+                                    custom_translation_table=translation_table(low, cfg.heads, cfg.head_dim),
+                                    report=False, verbose=False)
+    proto = program.model_proto
+    _finalize(proto, low.name)
+    artifact = DeploymentArtifact(frontend=cfg.frontend, labels=cfg.label_names(), lowering=low.name, precision="fp32",
+                                  weights_sha256=weights_sha256, dim=cfg.dim, num_heads=cfg.heads,
+                                  head_dim=cfg.head_dim, pack_len=pack_len, max_images=max_images, opset=opset)
+    set_metadata(proto, artifact)
+    onnx.save_model(proto, str(out))
+    check_model(out)
+    write_sidecar(out, artifact)
+    return ExportResult(out, artifact, time.time() - start)
+
+
+def set_metadata(proto: onnx.ModelProto, artifact: DeploymentArtifact) -> None:
+    """Store the artifact description in the model's metadata (replacing an older one)."""
+    keep = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    proto.metadata_props.add(key=METADATA_KEY, value=artifact.to_json())
+    proto.producer_name = "navit-deploy"
+
+
+def _finalize(proto: onnx.ModelProto, lowering: str) -> None:
+    """Readable dynamic dim names; distinct query/kv length tensors for TRT_Attention."""
+    for vi in proto.graph.input:
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = "images_plus_1" if vi.name == "cu_seqlens" else "tokens"
+    for vi in proto.graph.output:
+        dim = vi.type.tensor_type.shape.dim[0]
+        dim.dim_param = "images"
+    if lowering == "trt-native":
+        # TensorRT requires query_lengths and kv_lengths to be different tensors.
+        for i, node in enumerate(list(proto.graph.node)):
+            if node.op_type == "TRT_Attention" and len(node.input) >= 6 and node.input[4] == node.input[5]:
+                copy = f"{node.name or 'trt_attention'}_{i}_kv_lengths"
+                proto.graph.node.insert(list(proto.graph.node).index(node),
+                                        onnx.helper.make_node("Identity", [node.input[4]], [copy], name=copy + "_copy"))
+                node.input[5] = copy
+
+
+def check_model(path: str | Path) -> None:
+    """ONNX checker plus strict shape inference on the saved file."""
+    try:
+        onnx.checker.check_model(str(path), full_check=False)
+        onnx.shape_inference.infer_shapes_path(str(path), strict_mode=False)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ArtifactMismatchError(f"{path}: exported model fails the ONNX checker ({exc})") from exc

@@ -1,0 +1,141 @@
+"""``navit parity``: the same images through a reference runner and a candidate, judged image by image.
+
+Like Polygraphy's comparator: per-image max/mean abs differences and cosine similarity, a summary with
+max/mean/median, top-1 agreement, thresholds per precision, and the tolerance that would have passed.
+Runner-agnostic (torch, ONNX Runtime, TensorRT). Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from navit_deploy.errors import ConfigError
+from navit_deploy.runtime.results import ImageResult
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits a candidate must meet against the reference, for one precision."""
+
+    max_abs_embedding: float
+    max_abs_logit: float
+    min_cosine: float
+    min_top1_agreement: float
+
+
+# fp32: the exported graph must compute the same function (tight). fp16: half precision rounding through
+# a few layers. int8: quantization noise; embeddings stay close in direction and decisions mostly agree.
+THRESHOLDS: dict[str, Thresholds] = {
+    "fp32": Thresholds(1e-4, 1e-4, 0.99999, 1.0),
+    "fp16": Thresholds(5e-2, 5e-2, 0.999, 0.995),
+    "int8": Thresholds(float("inf"), float("inf"), 0.98, 0.95),
+}
+
+
+def thresholds_for(precision: str) -> Thresholds:
+    if precision not in THRESHOLDS:
+        raise ConfigError(f"no parity thresholds for precision {precision!r}; choose one of {sorted(THRESHOLDS)}")
+    return THRESHOLDS[precision]
+
+
+@dataclass(frozen=True)
+class ImageParity:
+    name: str
+    max_abs_embedding: float
+    max_abs_logit: float
+    cosine: float
+    top1_match: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    images: list[ImageParity]
+    precision: str
+    thresholds: Thresholds
+    summary: dict[str, float]
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "precision": self.precision,
+            "thresholds": asdict(self.thresholds),
+            "summary": self.summary,
+            "failures": self.failures,
+            "images": [asdict(i) for i in self.images],
+        }
+
+    def table(self) -> str:
+        """A terminal table: one row per image, then the summary and the verdict."""
+        rows = [f"{'image':<32} {'max|dEmb|':>10} {'max|dLogit|':>11} {'cosine':>10} {'top1':>5}"]
+        for i in self.images:
+            if i.error:
+                rows.append(f"{i.name[-32:]:<32} error: {i.error}")
+                continue
+            rows.append(f"{i.name[-32:]:<32} {i.max_abs_embedding:>10.2e} {i.max_abs_logit:>11.2e} "
+                        f"{i.cosine:>10.7f} {'ok' if i.top1_match else 'DIFF':>5}")
+        s = self.summary
+        rows.append(f"summary ({self.precision}): max|dEmb| max {s['max_abs_embedding_max']:.2e} mean "
+                    f"{s['max_abs_embedding_mean']:.2e} median {s['max_abs_embedding_median']:.2e}; "
+                    f"min cosine {s['cosine_min']:.7f}; top-1 agreement {s['top1_agreement']:.4f}")
+        rows.append(f"would pass with: max|dEmb| <= {s['max_abs_embedding_max']:.2e}, max|dLogit| <= "
+                    f"{s['max_abs_logit_max']:.2e}, cosine >= {s['cosine_min']:.7f}")
+        rows.append("PASSED" if self.passed else "FAILED: " + "; ".join(self.failures))
+        return "\n".join(rows)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return float(a @ b / (na * nb)) if na and nb else float(na == nb)
+
+
+def compare(reference: Sequence[ImageResult], candidate: Sequence[ImageResult], precision: str = "fp32",
+            thresholds: Thresholds | None = None) -> ParityReport:
+    """Compare per-image outputs; images that failed in either runner are reported and counted as failures."""
+    th = thresholds or thresholds_for(precision)
+    per: list[ImageParity] = []
+    skipped = 0
+    for r, c in zip(reference, candidate, strict=True):
+        if not (r.ok and c.ok):
+            same = not r.ok and not c.ok and r.error_type == c.error_type
+            skipped += same  # a bad input both runners reject identically is not a parity failure
+            per.append(ImageParity(r.name, float("nan"), float("nan"), float("nan"), False,
+                                   ("both: " if same else "one runner: ") + str(r.error or c.error)))
+            continue
+        assert r.embedding is not None and c.embedding is not None and r.logits is not None and c.logits is not None
+        per.append(ImageParity(r.name, float(np.abs(r.embedding - c.embedding).max()),
+                               float(np.abs(r.logits - c.logits).max()),
+                               _cos(r.embedding.astype(np.float64), c.embedding.astype(np.float64)), r.top1 == c.top1))
+    ok = [p for p in per if p.error is None]
+    if not ok:
+        raise ConfigError("parity needs at least one image that both runners processed")
+    emb = np.array([p.max_abs_embedding for p in ok])
+    logit = np.array([p.max_abs_logit for p in ok])
+    cos = np.array([p.cosine for p in ok])
+    agree = float(np.mean([p.top1_match for p in ok]))
+    summary = {
+        "images": len(per), "compared": len(ok),
+        "max_abs_embedding_max": float(emb.max()), "max_abs_embedding_mean": float(emb.mean()),
+        "max_abs_embedding_median": float(np.median(emb)), "max_abs_logit_max": float(logit.max()),
+        "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "top1_agreement": agree,
+    }
+    failures = []
+    if len(ok) + skipped < len(per):
+        failures.append(f"{len(per) - len(ok) - skipped} image(s) failed in one runner only")
+    if summary["max_abs_embedding_max"] > th.max_abs_embedding:
+        failures.append(f"max|dEmb| {summary['max_abs_embedding_max']:.2e} > {th.max_abs_embedding:.0e}")
+    if summary["max_abs_logit_max"] > th.max_abs_logit:
+        failures.append(f"max|dLogit| {summary['max_abs_logit_max']:.2e} > {th.max_abs_logit:.0e}")
+    if summary["cosine_min"] < th.min_cosine:
+        failures.append(f"min cosine {summary['cosine_min']:.6f} < {th.min_cosine}")
+    if agree < th.min_top1_agreement:
+        failures.append(f"top-1 agreement {agree:.4f} < {th.min_top1_agreement}")
+    return ParityReport(per, precision, th, summary, failures)

@@ -1,0 +1,136 @@
+"""ONNX Runtime runner (CPU and CUDA providers). Torch-free.
+
+Lowerings with custom nodes that no CPU provider implements (``trt-plugin``, ``trt-native``, and
+``ort-packed`` off CUDA) can be run with ``reference_ops=True``: the nodes are re-homed to the
+onnxruntime-extensions domain and computed by :mod:`navit_deploy.runtime.reference_ops`. That checks the
+graph around them on any machine; it is a validation mode, not a deployment path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from navit_deploy.errors import ArtifactMismatchError, BackendUnavailableError
+from navit_deploy.runtime.artifact import DeploymentArtifact, read_artifact
+from navit_deploy.runtime.runner import INPUT_NAMES, OUTPUT_NAMES, PackLimits, Runner, RunnerOutput
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+CUSTOM_DOMAINS = {"trt-plugin": "navit", "trt-native": "trt", "ort-packed": "com.microsoft"}
+REFERENCE_DOMAIN = "ai.onnx.contrib"
+
+
+def native_providers(lowering: str) -> tuple[str, ...]:
+    """Providers that run a lowering with real kernels."""
+    return {"dense": ("cpu", "cuda"), "ort-packed": ("cuda",)}.get(lowering, ())
+
+
+class OnnxRunner(Runner):
+    """Runs an exported NaViT with ONNX Runtime. ``provider``: ``"cpu"`` or ``"cuda"``."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
+                 reference_ops: bool = False) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - a dependency
+            raise BackendUnavailableError("onnxruntime is not installed (pip install onnxruntime)") from exc
+        self._ort = ort
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ArtifactMismatchError(f"ONNX model not found: {self.path}")
+        if provider not in PROVIDERS:
+            raise BackendUnavailableError(f"unknown provider {provider!r}; choose one of {sorted(PROVIDERS)}")
+        if PROVIDERS[provider] not in ort.get_available_providers():
+            raise BackendUnavailableError(f"ONNX Runtime here has no {PROVIDERS[provider]} "
+                                          f"(available: {ort.get_available_providers()}); install onnxruntime-gpu for CUDA")
+        self.provider = provider
+        self.threads = threads
+        self.reference_ops = reference_ops
+        self.artifact: DeploymentArtifact = self._read_artifact()
+        low = self.artifact.lowering
+        if provider not in native_providers(low) and not reference_ops:
+            runs = ", ".join(native_providers(low)) or "no ONNX Runtime provider (TensorRT only)"
+            raise ArtifactMismatchError(f"{self.path.name} uses the {low!r} attention lowering, which runs on {runs}, "
+                                        f"not on {provider!r}. Export with --attention dense for this provider, "
+                                        "or pass reference_ops=True to validate the graph with reference kernels")
+        self.precision = self.artifact.precision
+        self.session = None
+        super().__init__(self.artifact.frontend.patch_dim, limits=None)
+        self.max_grid = self.artifact.frontend.max_grid
+
+    def _read_artifact(self) -> DeploymentArtifact:
+        try:
+            meta = self._metadata_only()
+        except Exception as exc:  # noqa: BLE001 - any failure here means "not a model we can read"
+            raise ArtifactMismatchError(f"{self.path}: not a readable ONNX model ({exc})") from exc
+        return read_artifact(self.path, meta)
+
+    def _metadata_only(self) -> dict[str, str]:
+        """Model metadata without building a session (works for graphs with unknown custom ops)."""
+        try:
+            import onnx
+        except ImportError:
+            return {}
+        model = onnx.load(str(self.path), load_external_data=False)
+        return {p.key: p.value for p in model.metadata_props}
+
+    def _model_bytes(self) -> bytes | str:
+        if not self.reference_ops or self.artifact.lowering == "dense":
+            return str(self.path)
+        import onnx
+
+        model = onnx.load(str(self.path))
+        domain = CUSTOM_DOMAINS.get(self.artifact.lowering)
+        for node in model.graph.node:
+            if node.domain == domain:
+                node.domain = REFERENCE_DOMAIN
+                # Python ops take a fixed input list: drop empty optional inputs.
+                kept = [i for i in node.input if i]
+                del node.input[:]
+                node.input.extend(kept)
+        if not any(o.domain == REFERENCE_DOMAIN for o in model.opset_import):
+            model.opset_import.add(domain=REFERENCE_DOMAIN, version=1)
+        return model.SerializeToString()
+
+    def _activate(self) -> None:
+        ort = self._ort
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        if self.reference_ops and self.artifact.lowering != "dense":
+            from onnxruntime_extensions import get_library_path
+
+            from navit_deploy.runtime.reference_ops import register_ort_reference_ops
+
+            # The Python ops must exist before the library is registered, or ORT crashes on the unknown op.
+            register_ort_reference_ops()
+            opts.register_custom_ops_library(get_library_path())
+        try:
+            self.session = ort.InferenceSession(self._model_bytes(), opts, providers=[PROVIDERS[self.provider]])
+        except Exception as exc:  # noqa: BLE001 - ORT raises a zoo of types
+            raise ArtifactMismatchError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from exc
+        names = [i.name for i in self.session.get_inputs()]
+        outs = [o.name for o in self.session.get_outputs()]
+        if names != list(INPUT_NAMES) or outs != list(OUTPUT_NAMES):
+            raise ArtifactMismatchError(f"{self.path} is not a NaViT export: inputs {names}, outputs {outs}")
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> RunnerOutput:
+        if int(feed["coords"].max(initial=0)) >= self.max_grid:
+            from navit_deploy.errors import InputValidationError
+
+            raise InputValidationError(f"patch coordinate {int(feed['coords'].max())} is outside the model's "
+                                       f"{self.max_grid}x{self.max_grid} positional table; lower the budget")
+        assert self.session is not None
+        emb, logits = self.session.run(list(OUTPUT_NAMES), {k: feed[k] for k in INPUT_NAMES})
+        return RunnerOutput(np.asarray(emb, dtype=np.float32), np.asarray(logits, dtype=np.float32))
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+    def pack_limits(self) -> PackLimits:
+        return PackLimits(self.artifact.pack_len, self.artifact.max_images)

@@ -1,0 +1,38 @@
+"""Open the right runner for an artifact path (``.onnx`` -> ONNX Runtime, ``.engine``/``.plan`` -> TensorRT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from navit_deploy.errors import ArtifactMismatchError
+from navit_deploy.frontend import FrontendConfig
+from navit_deploy.packing import Packer
+from navit_deploy.runtime.artifact import DeploymentArtifact
+from navit_deploy.runtime.pipeline import Pipeline
+from navit_deploy.runtime.runner import Runner
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def open_runner(path: str | Path, provider: str = "cpu", reference_ops: bool = False,
+                threads: int | None = None) -> tuple[Runner, DeploymentArtifact]:
+    """A runner for an exported model or a compiled engine, and the artifact description it carries."""
+    p = Path(path)
+    if p.suffix == ".onnx":
+        from navit_deploy.runtime.onnx_runner import OnnxRunner
+
+        runner = OnnxRunner(p, provider=provider, threads=threads, reference_ops=reference_ops)
+        return runner, runner.artifact
+    if p.suffix in ENGINE_SUFFIXES:
+        from navit_deploy.runtime.tensorrt_runner import TensorRTRunner
+
+        trt_runner = TensorRTRunner(p)
+        return trt_runner, trt_runner.artifact
+    raise ArtifactMismatchError(f"{p}: expected an .onnx model or a TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
+
+
+def pipeline_for(runner: Runner, artifact: DeploymentArtifact, frontend: FrontendConfig | None = None,
+                 pack_len: int | None = None) -> Pipeline:
+    """The pipeline an artifact was exported for (its front end and pack length), overridable."""
+    packer = Packer(pack_len or artifact.pack_len, artifact.max_images)
+    return Pipeline(runner, frontend or artifact.frontend, packer)
