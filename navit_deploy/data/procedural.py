@@ -40,7 +40,7 @@ FILLS: tuple[str, ...] = ("solid", "striped")
 CLASSES: tuple[str, ...] = tuple(f"{s}_{f}" for s in SHAPES for f in FILLS)  # label = 2*shape + fill
 THEMES: tuple[str, ...] = ("camera", "document")
 KINDS: dict[str, tuple[str, ...]] = {
-    "camera": ("photo",), "document": ("page", "receipt", "screenshot", "chart", "scan")}
+    "camera": ("photo", "studio"), "document": ("page", "receipt", "screenshot", "chart", "scan")}
 SPLIT_IDS: dict[str, int] = {"train": 0x7A17, "test": 0x7E57}
 DEFAULT_TEST_SIZE = 1000  # the held-out split's customary size: ProceduralDataset("test", DEFAULT_TEST_SIZE)
 
@@ -53,6 +53,7 @@ TINY_FRACTION = 0.05  # samples whose long side is 32..96 px
 
 _ASPECTS: dict[str, tuple[float, ...]] = {  # realistic width/height ratios per background kind
     "photo": (16 / 9, 16 / 9, 4 / 3, 4 / 3, 3 / 4, 3 / 4, 9 / 16, 3 / 2, 2 / 3, 1.0),
+    "studio": (16 / 9, 4 / 3, 3 / 4, 9 / 16, 3 / 2, 2 / 3, 1.0),
     "page": (8.5 / 11, 8.5 / 11, 1 / math.sqrt(2), 1 / math.sqrt(2), 11 / 8.5, math.sqrt(2)),
     "receipt": (1 / 3, 1 / 3, 1 / 3.5, 1 / 2.5),
     "screenshot": (9 / 19.5, 9 / 19.5, 9 / 19.5, 19.5 / 9, 9 / 16),
@@ -60,6 +61,7 @@ _ASPECTS: dict[str, tuple[float, ...]] = {  # realistic width/height ratios per 
     "scan": (8.5 / 11, 1 / math.sqrt(2), 4 / 3, 16 / 9),
 }
 _KIND_CDF = np.cumsum([0.3, 0.2, 0.2, 0.15])  # page, receipt, screenshot, chart; scan 0.15
+STUDIO_FRACTION = 0.5  # of camera samples: product shots on a plain gradient backdrop
 _REALISTIC_P = 0.65  # else the aspect ratio is log-uniform in [1/4, 4]
 
 
@@ -158,7 +160,8 @@ def _plan(rng: np.random.Generator, label: int | None, size: tuple[int, int] | N
         raise ConfigError(f"theme must be one of {THEMES}, got {theme!r}")
     if kind is None:
         doc_kind = KINDS["document"][int(np.searchsorted(_KIND_CDF, u_kind, side="right"))]
-        kind = "photo" if theme == "camera" else doc_kind
+        camera_kind = "studio" if u_kind < STUDIO_FRACTION else "photo"
+        kind = camera_kind if theme == "camera" else doc_kind
     w, h = _sample_size(rng, kind)
     if size is not None:
         w, h = (int(v) for v in size)
@@ -187,6 +190,15 @@ def _jitter(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     x = np.arange(256.0)
     lut = np.concatenate([np.clip(((x - 128) * c + 128 + b) * g, 0, 255) for g in gains])
     return img.point(np.round(lut).astype(np.uint8).tolist())
+
+
+def _studio(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """A product-shot backdrop: a smooth linear gradient between two random colours."""
+    a, b = np.asarray(_rgb(rng), dtype=np.float32), np.asarray(_rgb(rng), dtype=np.float32)
+    t = np.linspace(0.0, 1.0, h if rng.random() < 0.5 else w, dtype=np.float32)
+    ramp = a + (b - a) * t[:, None]
+    grid = np.broadcast_to(ramp[:, None, :], (h, w, 3)) if len(t) == h else np.broadcast_to(ramp[None, :, :], (h, w, 3))
+    return Image.fromarray(np.ascontiguousarray(grid).round().astype(np.uint8), "RGB")
 
 
 def _photo(rng: np.random.Generator, w: int, h: int) -> Image.Image:
@@ -395,7 +407,12 @@ def render_sample(rng: np.random.Generator, *, label: int | None = None, size: t
     """
     info = _plan(rng, label, size, theme, kind)
     w, h = info.width, info.height
-    img = _photo(rng, w, h) if info.kind == "photo" else _document(rng, info.kind, w, h)
+    if info.kind == "photo":
+        img = _photo(rng, w, h)
+    elif info.kind == "studio":
+        img = _studio(rng, w, h)
+    else:
+        img = _document(rng, info.kind, w, h)
     _draw_shape(img, rng, info)
     return _noise(img, rng), info
 

@@ -54,8 +54,10 @@ class FactorizedPosEmbed(nn.Module):
         super().__init__()
         self.max_grid = max_grid
         self.fractional = fractional
-        self.row = nn.Parameter(torch.randn(max_grid, dim) * 0.02)
-        self.col = nn.Parameter(torch.randn(max_grid, dim) * 0.02)
+        # Patch tokens are layer-normed (unit scale): positions start at a comparable scale, not 0.02,
+        # or geometry is ~50x weaker than content and takes hundreds of steps to emerge.
+        self.row = nn.Parameter(torch.randn(max_grid, dim) * 0.5)
+        self.col = nn.Parameter(torch.randn(max_grid, dim) * 0.5)
 
     def forward(self, coords: torch.Tensor, segment_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         rows, cols = coords[:, 0], coords[:, 1]

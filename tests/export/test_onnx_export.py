@@ -1,0 +1,116 @@
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from navit_deploy.errors import ArtifactMismatchError, ConfigError
+from navit_deploy.export.lowerings import LOWERINGS, get_lowering
+from navit_deploy.model.weights import load_model
+from navit_deploy.packing import Packer, build_pack
+from navit_deploy.runtime.onnx_runner import OnnxRunner
+from tests.conftest import fake_image
+
+PACKS = {
+    "one_image": [(5, 7)],
+    "one_token_images": [(1, 1), (1, 1), (1, 1)],
+    "many_images": [(2, 3)] * 20 + [(1, 1)] * 5,
+    "very_different_sizes": [(8, 8), (1, 1), (2, 30), (16, 2), (3, 3)],
+    "max_pack": [(8, 8)] * 8,  # 512 tokens, the recorded pack length
+}
+
+
+def _torch_outputs(model_dir, pack):
+    model = load_model(model_dir, attention="segment")
+    with torch.no_grad():
+        e, logit = model(*(torch.from_numpy(a) for a in pack.model_inputs().values()))
+    return e.numpy(), logit.numpy()
+
+
+@pytest.mark.parametrize("lowering", list(LOWERINGS))
+@pytest.mark.parametrize("pack_name", list(PACKS))
+def test_onnx_matches_pytorch(tiny_model_dir, exported, lowering, pack_name):
+    """ONNX Runtime (native for dense; reference kernels for custom nodes) vs PyTorch within 1e-4 (fp32)."""
+    rng = np.random.default_rng(7)
+    items = [fake_image(rng, h, w) for h, w in PACKS[pack_name]]
+    pack = build_pack(items, list(range(len(items))), pack_len=512)
+    ref_e, ref_l = _torch_outputs(tiny_model_dir, pack)
+    with OnnxRunner(exported(lowering), reference_ops=lowering != "dense") as runner:
+        out = runner.infer(pack)
+    np.testing.assert_allclose(out.embeddings, ref_e, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(out.logits, ref_l, atol=1e-4, rtol=0)
+
+
+def test_dynamic_axes_and_names(exported):
+    model = onnx.load(str(exported("dense")))
+    dims = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+            for vi in list(model.graph.input) + list(model.graph.output)}
+    assert dims == {"patches": ["tokens", 768], "coords": ["tokens", 2], "segment_ids": ["tokens"],
+                    "cu_seqlens": ["images_plus_1"], "embeddings": ["images", 128], "logits": ["images", 4]}
+    assert not [n for n in model.graph.node if n.domain not in ("", "ai.onnx")]
+
+
+def _custom_nodes(path, op_type):
+    return [n for n in onnx.load(str(path)).graph.node if n.op_type == op_type]
+
+
+def test_trt_plugin_node_form(exported):
+    nodes = _custom_nodes(exported("trt-plugin"), "NavitPackedAttention")
+    assert len(nodes) == 2  # one per layer
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
+    assert attrs == {"num_heads": 2, "head_dim": 64, "scale": pytest.approx(0.125), "plugin_version": b"1",
+                     "plugin_namespace": b"navit"}
+    assert nodes[0].domain == "navit" and len(nodes[0].input) == 4 and nodes[0].input[3] == "cu_seqlens"
+
+
+def test_ort_packed_node_form(exported):
+    nodes = _custom_nodes(exported("ort-packed"), "PackedMultiHeadAttention")
+    assert len(nodes) == 2 and nodes[0].domain == "com.microsoft"
+    n = nodes[0]
+    assert n.input[3] == "" and n.input[5] == "cu_seqlens"  # no bias; token_offset built in the graph
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["num_heads"] == 2
+
+
+def test_trt_native_node_form(exported):
+    nodes = _custom_nodes(exported("trt-native"), "TRT_Attention")
+    assert len(nodes) == 2 and nodes[0].domain == "trt"
+    for n in nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        assert attrs["query_form"] == b"packed_nhd" and attrs["kv_form"] == b"packed_nhd"
+        assert n.input[3] == ""  # no mask with a packed query
+        assert n.input[4] == "cu_seqlens" and n.input[5] != n.input[4]  # distinct query/kv length tensors
+    shapes = onnx.shape_inference.infer_shapes(onnx.load(str(exported("trt-native"))))
+    assert shapes.graph.node  # the model stays shape-inferable with the custom nodes
+
+
+def test_artifact_travels_with_model(exported):
+    runner = OnnxRunner(exported("dense"))
+    art = runner.artifact
+    assert art.lowering == "dense" and art.pack_len == 512 and art.labels == ("a", "b", "c", "d")
+    assert art.frontend.max_patches == 64 and len(art.weights_sha256) == 64
+    assert exported("dense").with_suffix(".onnx.json").is_file()
+
+
+def test_unknown_lowering_suggests_fix():
+    with pytest.raises(ConfigError, match="did you mean 'trt-plugin'"):
+        get_lowering("trt_plugin")
+
+
+def test_custom_lowerings_refuse_cpu_without_reference(exported):
+    with pytest.raises(ArtifactMismatchError, match="runs on"):
+        OnnxRunner(exported("trt-plugin"))
+
+
+def test_packing_independent_results_through_onnx(exported):
+    rng = np.random.default_rng(3)
+    items = [fake_image(rng, int(rng.integers(1, 9)), int(rng.integers(1, 9))) for _ in range(30)]
+    with OnnxRunner(exported("dense")) as runner:
+        results = {}
+        for pack_len, max_images in ((64, 64), (512, 4), (512, 64)):
+            for pack in Packer(pack_len, max_images).pack(items):
+                out = runner.infer(pack)
+                for row, idx in enumerate(pack.image_index.tolist()):
+                    results.setdefault(idx, []).append(out.embeddings[row])
+    for embs in results.values():
+        assert len(embs) == 3
+        np.testing.assert_allclose(embs[0], embs[1], atol=1e-5)
+        np.testing.assert_allclose(embs[0], embs[2], atol=1e-5)
