@@ -1,0 +1,180 @@
+"""Accuracy of a quantized model against its FP32 export: held-out top-1 and image-by-image agreement.
+
+Both models run through the same pipeline (the artifact's front end and packer) on the held-out split
+(``ProceduralDataset("test", N)``); top-1 comes from :func:`navit_deploy.evaluation.evaluate`, the
+per-image outputs it produced are compared: top-1 agreement, embedding cosine (min/mean), max abs
+logit and embedding differences, and the verdict of :mod:`navit_deploy.parity` for the precision.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from navit_deploy.runtime.results import ImageResult
+
+DEFAULT_EVAL_SIZE = 200
+
+
+@dataclass
+class AccuracyReport:
+    """FP32 vs quantized on the same held-out images."""
+
+    precision: str
+    images: int
+    fp32_top1: float
+    quant_top1: float
+    top1_agreement: float
+    cosine_min: float
+    cosine_mean: float
+    max_abs_logit_diff: float
+    max_abs_embedding_diff: float
+    failed: int
+    data: str
+    seconds: float
+    parity_passed: bool = True
+    parity_failures: list[str] = field(default_factory=list)
+    fp32_model: str = ""
+    quant_model: str = ""
+
+    @property
+    def top1_delta(self) -> float:
+        """Quantized minus FP32 held-out top-1, in accuracy points (x100)."""
+        return 100.0 * (self.quant_top1 - self.fp32_top1)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["top1_delta_points"] = round(self.top1_delta, 3)
+        for k, v in d.items():
+            if isinstance(v, float):
+                d[k] = round(v, 7)
+        return d
+
+    def table(self) -> str:
+        rows = [f"accuracy vs FP32 on {self.images} held-out images ({self.data})",
+                f"  {'':<26}{'fp32':>10}{self.precision:>10}",
+                (f"  {'held-out top-1':<26}{self.fp32_top1:>10.4f}{self.quant_top1:>10.4f}   "
+                f"({self.top1_delta:+.2f} points)"),
+                f"  {'top-1 agreement':<26}{'':>10}{self.top1_agreement:>10.4f}",
+                f"  {'embedding cosine min/mean':<26}{'':>10}{self.cosine_min:>10.6f} / {self.cosine_mean:.6f}",
+                f"  {'max |d logit|':<26}{'':>10}{self.max_abs_logit_diff:>10.4g}",
+                f"  {'max |d embedding|':<26}{'':>10}{self.max_abs_embedding_diff:>10.4g}"]
+        if self.failed:
+            rows.append(f"  {self.failed} image(s) failed in a runner")
+        rows.append("  parity thresholds: " + ("passed" if self.parity_passed else "FAILED: " + "; ".join(self.parity_failures)))
+        return "\n".join(rows)
+
+
+class _Recording:
+    """A pipeline stand-in for :func:`evaluate` that keeps every result it returns."""
+
+    def __init__(self, pipeline) -> None:
+        self.pipeline = pipeline
+        self.results: list[ImageResult] = []
+
+    def run(self, sources):
+        out = self.pipeline.run(sources)
+        self.results.extend(out)
+        return out
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return float(a @ b / (na * nb)) if na and nb else float(na == nb)
+
+
+def _runnable(path: Path, tmp: Path) -> Path:
+    """``path``, or an FP32-cast validation copy when custom nodes take FP16 (reference kernels are FP32)."""
+    import onnx
+
+    from navit_deploy.calibration.fp16 import reference_validation_copy
+    from navit_deploy.calibration.graph import STANDARD_DOMAINS
+
+    model = onnx.load(str(path))
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.value_info}
+    if not any(n.domain not in STANDARD_DOMAINS and any(types.get(i) == onnx.TensorProto.FLOAT16 for i in n.input)
+               for n in model.graph.node):
+        return path
+    out = tmp / f"validate.{path.name}"
+    onnx.save_model(reference_validation_copy(model), str(out))
+    return out
+
+
+def _artifact(path: str | Path):
+    import onnx
+
+    from navit_deploy.runtime.artifact import read_artifact
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return read_artifact(path, meta)
+
+
+def compare_results(ref: Sequence[ImageResult], cand: Sequence[ImageResult]) -> dict[str, float]:
+    """Agreement, cosine, max abs differences over images both runners processed."""
+    pairs = [(r, c) for r, c in zip(ref, cand, strict=True) if r.ok and c.ok]
+    if not pairs:
+        return {"compared": 0, "top1_agreement": 0.0, "cosine_min": float("nan"), "cosine_mean": float("nan"),
+                "max_abs_logit_diff": float("nan"), "max_abs_embedding_diff": float("nan")}
+    cos = np.array([_cos(r.embedding.astype(np.float64), c.embedding.astype(np.float64)) for r, c in pairs])
+    return {"compared": len(pairs), "top1_agreement": float(np.mean([r.top1 == c.top1 for r, c in pairs])),
+            "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
+            "max_abs_logit_diff": max(float(np.abs(r.logits - c.logits).max()) for r, c in pairs),
+            "max_abs_embedding_diff": max(float(np.abs(r.embedding - c.embedding).max()) for r, c in pairs)}
+
+
+def accuracy_report(fp32_onnx: str | Path, quant_onnx: str | Path, *, eval_size: int = DEFAULT_EVAL_SIZE, data=None,
+                    provider: str = "cpu", reference_ops: bool | None = None, progress: bool = False,
+                    threads: int | None = None, chunk: int = 32) -> AccuracyReport:
+    """Held-out accuracy of ``quant_onnx`` against ``fp32_onnx`` (same images, same pipeline).
+
+    ``data``: a sequence of ``(image, label)``; default ``ProceduralDataset("test", eval_size)``.
+    ``reference_ops``: run custom-node lowerings with the numpy reference kernels (default: when the
+    lowering has no native kernel on ``provider``).
+    """
+    from navit_deploy.errors import ConfigError
+    from navit_deploy.evaluation import evaluate
+    from navit_deploy.parity import compare
+    from navit_deploy.runtime.onnx_runner import OnnxRunner, native_providers
+    from navit_deploy.runtime.open import pipeline_for
+
+    start = time.perf_counter()
+    if data is None:
+        if eval_size < 1:
+            raise ConfigError(f"eval_size must be >= 1, got {eval_size}")
+        from navit_deploy.data.procedural import ProceduralDataset
+
+        data = ProceduralDataset("test", eval_size)
+        what = f"procedural test split, {eval_size} images"
+    else:
+        what = f"{len(data)} given images"
+    with tempfile.TemporaryDirectory(prefix="navit-acc-") as td:
+        if reference_ops is None:
+            reference_ops = provider not in native_providers(_artifact(fp32_onnx).lowering)
+        fp32 = OnnxRunner(fp32_onnx, provider=provider, threads=threads, reference_ops=reference_ops)
+        cand_path = _runnable(Path(quant_onnx), Path(td)) if reference_ops else Path(quant_onnx)
+        cand = OnnxRunner(cand_path, provider=provider, threads=threads, reference_ops=reference_ops)
+        artifact = fp32.artifact
+        results = {}
+        for name, runner in (("fp32", fp32), ("quant", cand)):
+            rec = _Recording(pipeline_for(runner, artifact))
+            with runner:
+                ev = evaluate(rec, data, chunk=chunk, progress=progress)  # type: ignore[arg-type]
+            results[name] = (ev, rec.results)
+    (ev32, res32), (evq, resq) = results["fp32"], results["quant"]
+    stats = compare_results(res32, resq)
+    precision = cand.precision
+    try:
+        par = compare(res32, resq, precision)
+        passed, failures = par.passed, par.failures
+    except ConfigError as exc:
+        passed, failures = False, [str(exc)]
+    failed = sum(1 for r, c in zip(res32, resq) if not (r.ok and c.ok))
+    return AccuracyReport(precision, ev32.images, ev32.top1, evq.top1, stats["top1_agreement"], stats["cosine_min"],
+                          stats["cosine_mean"], stats["max_abs_logit_diff"], stats["max_abs_embedding_diff"], failed,
+                          what, time.perf_counter() - start, passed, failures, str(fp32_onnx), str(quant_onnx))
