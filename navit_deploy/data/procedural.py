@@ -1,8 +1,10 @@
 """A deterministic procedural classification dataset of camera frames and document scans. Torch-free.
 
 Each sample is a real-looking background (a crop of a photograph shipped inside scikit-image, or a
-generated page, receipt, phone screenshot, chart or scanned text) with one shape drawn on it. The
-label is ``shape x fill``:
+generated page, receipt, phone screenshot, chart or scanned text, or a studio backdrop) with one shape
+drawn on it several times: the primary instance at ``SampleInfo.shape_box`` plus up to ``COPIES[1]``
+non-overlapping copies of it (same size, fill and colours), like a sheet of stickers. The label is
+``shape x fill``:
 
 * shape in {circle, ellipse, square, rectangle}: ellipses and rectangles have an axis ratio in
   [1.5, 2.0] and circles/squares exactly 1, so a square resize of a non-square image (which turns
@@ -46,7 +48,7 @@ DEFAULT_TEST_SIZE = 1000  # the held-out split's customary size: ProceduralDatas
 
 MIN_SIDE, MAX_SIDE, MAX_ASPECT = 32, 2048, 4.0
 RATIO_RANGE = (1.5, 2.0)  # axis ratio of ellipses and rectangles
-SIZE_RANGE = (0.45, 0.8)  # shape box short side / image short side
+SIZE_RANGE = (0.22, 0.4)  # shape box short side / image short side
 STRIPE_PERIOD = (2.5, 3.5)  # in units; just above the 2-unit Nyquist limit of the NaViT view
 PATCH, BUDGET_PATCHES = 16, 64
 TINY_FRACTION = 0.05  # samples whose long side is 32..96 px
@@ -61,13 +63,15 @@ _ASPECTS: dict[str, tuple[float, ...]] = {  # realistic width/height ratios per 
     "scan": (8.5 / 11, 1 / math.sqrt(2), 4 / 3, 16 / 9),
 }
 _KIND_CDF = np.cumsum([0.3, 0.2, 0.2, 0.15])  # page, receipt, screenshot, chart; scan 0.15
+COPIES = (2, 7)  # copies get 6 * integers(*COPIES) placement tries; at most COPIES[1] are kept (<= 8 instances)
 STUDIO_FRACTION = 0.5  # of camera samples: product shots on a plain gradient backdrop
 _REALISTIC_P = 0.65  # else the aspect ratio is log-uniform in [1/4, 4]
 
 
 @dataclass(frozen=True)
 class SampleInfo:
-    """What was drawn. ``shape_box`` is ``(left, top, right, bottom)`` in pixels, right/bottom exclusive."""
+    """What was drawn. ``shape_box`` is the primary instance's ``(left, top, right, bottom)`` in pixels, right/bottom
+    exclusive; the copies have the same size (their positions are not recorded)."""
 
     label: int
     theme: str
@@ -334,15 +338,17 @@ def _document(rng: np.random.Generator, kind: str, w: int, h: int) -> Image.Imag
 
 
 def _colours(rng: np.random.Generator, bg_mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, half-difference) of the two stripe colours: luminance contrast >= 70 and mean far from the background."""
-    lum = np.array([0.299, 0.587, 0.114])
-    for _ in range(50):
-        mean = rng.integers(0, 256, 3)
-        half = np.minimum(mean, 255 - mean)
-        delta = np.round(rng.uniform(-1, 1, 3) * half).astype(np.int64)
-        if abs(lum @ delta) >= 35 and abs(lum @ (mean - bg_mean)) >= 30:
-            break
-    return mean, delta
+    """(mean, half-difference) of the two stripe colours: ink-like, nearly neutral, high luminance contrast.
+
+    Stamps and printed markers: a dark and a light tone of one faint tint (solid fill = their mid tone).
+    Colour carries no class information, so the fill can only be told apart by its stripes. ``bg_mean`` (the
+    background under the primary box) is not used: the fill may be close to the background in tone.
+    """
+    tint = rng.integers(-20, 21, 3)
+    mean = np.clip(rng.integers(105, 151) + tint, 0, 255)
+    delta = np.full(3, int(rng.integers(80, 101))) * (1 if rng.random() < 0.5 else -1)
+    delta = np.minimum(np.abs(delta), np.minimum(mean, 255 - mean)) * np.sign(delta)
+    return mean, delta.astype(np.int64)
 
 
 def _stripes(info: SampleInfo, period: float, phase: float, ca: np.ndarray, cb: np.ndarray) -> Image.Image:
@@ -372,17 +378,29 @@ def _draw_shape(img: Image.Image, rng: np.random.Generator, info: SampleInfo) ->
         patch = Image.new("RGB", (bw, bh), tuple(int(c) for c in mean))
     else:
         patch = _stripes(info, period, phase, mean + delta, mean - delta)
+    mask = None
     if shape in ("circle", "ellipse"):
         ss = 4 if max(bw, bh) < 128 else 2 if max(bw, bh) < 512 else 1
         mask = Image.new("L", (bw * ss, bh * ss), 0)
         ImageDraw.Draw(mask).ellipse((0, 0, bw * ss - 1, bh * ss - 1), fill=255)
-        img.paste(patch, (x0, y0), mask.resize((bw, bh), Image.Resampling.BOX) if ss > 1 else mask)
-    else:
-        img.paste(patch, (x0, y0))
-    if outline:
-        colour, draw = _rgb(rng, 210, 256) if light else _rgb(rng, 0, 45), ImageDraw.Draw(img)
-        (draw.ellipse if shape in ("circle", "ellipse") else draw.rectangle)(
-            (x0, y0, x1 - 1, y1 - 1), outline=colour, width=outline_w)
+        mask = mask.resize((bw, bh), Image.Resampling.BOX) if ss > 1 else mask
+    colour = _rgb(rng, 210, 256) if light else _rgb(rng, 0, 45)
+    # The primary instance (info.shape_box) plus COPIES more of the same class, like a sheet of stickers or
+    # stamps: the class evidence then covers much of the image instead of one region.
+    boxes = [(x0, y0)]
+    gap = max(2, round(2 * info.unit))
+    for _ in range(int(rng.integers(*COPIES)) * 6):  # a few tries per copy; copies never overlap
+        if len(boxes) > COPIES[1]:
+            break
+        bx = int(rng.integers(0, max(1, info.width - bw + 1)))
+        by = int(rng.integers(0, max(1, info.height - bh + 1)))
+        if all(bx + bw + gap <= ox or ox + bw + gap <= bx or by + bh + gap <= oy or oy + bh + gap <= by for ox, oy in boxes):
+            boxes.append((bx, by))
+    for bx, by in reversed(boxes):  # the primary instance is drawn last, on top
+        img.paste(patch, (bx, by), mask)
+        if outline:
+            (ImageDraw.Draw(img).ellipse if shape in ("circle", "ellipse") else ImageDraw.Draw(img).rectangle)(
+                (bx, by, bx + bw - 1, by + bh - 1), outline=colour, width=outline_w)
 
 
 def _noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -398,12 +416,13 @@ def render_sample(rng: np.random.Generator, *, label: int | None = None, size: t
                   theme: str | None = None, kind: str | None = None) -> tuple[Image.Image, SampleInfo]:
     """Render one sample (RGB image, info) from ``rng``; the keyword arguments override the drawn values.
 
-    ``theme`` is "camera" or "document"; ``kind`` a background kind of :data:`KINDS` ("photo", "page",
-    "receipt", "screenshot", "chart", "scan"), which implies the theme.
+    ``theme`` is "camera" or "document"; ``kind`` a background kind of :data:`KINDS` ("photo", "studio",
+    "page", "receipt", "screenshot", "chart", "scan"), which implies the theme.
 
     ``size`` is ``(width, height)``. Overrides do not shift the random stream: the same rng state with
-    another fill (``label ^ 1``) gives the same image except inside the shape (a counterfactual pair);
-    with another shape the background is the same and the box differs only by its ratio.
+    another fill (``label ^ 1``) gives the same image except inside the instances' fills (a counterfactual
+    pair); with another shape the background is the same and the primary box differs only by its ratio (the
+    copies land elsewhere).
     """
     info = _plan(rng, label, size, theme, kind)
     w, h = info.width, info.height

@@ -10,12 +10,11 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Callable
 
+from navit_deploy.compile.plugin_lib import ONNX_DOMAIN as PLUGIN_DOMAIN
+from navit_deploy.compile.plugin_lib import PLUGIN_NAME as PLUGIN_OP
+from navit_deploy.compile.plugin_lib import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from navit_deploy.errors import ConfigError
 
-PLUGIN_DOMAIN = "navit"
-PLUGIN_OP = "NavitPackedAttention"
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "navit"
 TRT_DOMAIN = "trt"
 MS_DOMAIN = "com.microsoft"
 

@@ -15,8 +15,12 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def open_runner(path: str | Path, provider: str = "cpu", reference_ops: bool = False,
-                threads: int | None = None) -> tuple[Runner, DeploymentArtifact]:
-    """A runner for an exported model or a compiled engine, and the artifact description it carries."""
+                threads: int | None = None, plugin: str | Path | None = None,
+                device: int = 0) -> tuple[Runner, DeploymentArtifact]:
+    """A runner for an exported model or a compiled engine, and the artifact description it carries.
+
+    ``provider``/``reference_ops``/``threads`` apply to ONNX models; ``plugin``/``device`` to engines.
+    """
     p = Path(path)
     if p.suffix == ".onnx":
         from navit_deploy.runtime.onnx_runner import OnnxRunner
@@ -26,7 +30,7 @@ def open_runner(path: str | Path, provider: str = "cpu", reference_ops: bool = F
     if p.suffix in ENGINE_SUFFIXES:
         from navit_deploy.runtime.tensorrt_runner import TensorRTRunner
 
-        trt_runner = TensorRTRunner(p)
+        trt_runner = TensorRTRunner(p, plugin=plugin, device=device)
         return trt_runner, trt_runner.artifact
     raise ArtifactMismatchError(f"{p}: expected an .onnx model or a TensorRT engine ({', '.join(ENGINE_SUFFIXES)})")
 

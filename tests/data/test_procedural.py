@@ -1,4 +1,4 @@
-"""The procedural camera/document dataset: determinism, splits, labels, sizes, geometry, stripe detail."""
+"""The procedural camera/document dataset: determinism, splits, labels, sizes, geometry, copies, colours, stripes."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ from collections import Counter
 import numpy as np
 import pytest
 from PIL import Image
+from skimage.measure import label as label_components
+from skimage.measure import regionprops
 
 import navit_deploy.data.procedural as P
 from navit_deploy.data.procedural import (
     BUDGET_PATCHES,
     CLASSES,
+    COPIES,
     KINDS,
     MAX_ASPECT,
     MAX_SIDE,
@@ -24,6 +27,7 @@ from navit_deploy.data.procedural import (
     SIZE_RANGE,
     SPLIT_IDS,
     STRIPE_PERIOD,
+    STUDIO_FRACTION,
     ProceduralDataset,
     SampleInfo,
     render_sample,
@@ -134,8 +138,10 @@ def test_labels_balanced_and_themes_mixed(train_infos: list[SampleInfo]) -> None
     assert set(counts) == set(range(8))
     assert all(25 <= c <= 75 for c in counts.values()), counts  # expected 50 each, +-3.8 sigma
     kinds = Counter(info.kind for info in train_infos[:400])
-    assert set(kinds) == {"photo", "page", "receipt", "screenshot", "chart", "scan"}
-    assert 0.35 <= kinds["photo"] / 400 <= 0.65
+    assert set(kinds) == {"photo", "studio", "page", "receipt", "screenshot", "chart", "scan"}
+    camera = kinds["photo"] + kinds["studio"]
+    assert 0.35 <= camera / 400 <= 0.65
+    assert abs(kinds["studio"] / camera - STUDIO_FRACTION) < 0.15
 
 
 def test_size_and_aspect_ranges(train_infos: list[SampleInfo]) -> None:
@@ -188,6 +194,56 @@ def _counterfactual(seed: int, label: int, size: tuple[int, int]) -> tuple[np.nd
     return _lum(striped), _lum(solid), info
 
 
+Box = tuple[int, int, int, int]
+
+
+def _instances(striped: Image.Image, solid: Image.Image, info: SampleInfo) -> tuple[np.ndarray, list[Box], list[float]]:
+    """Find every drawn instance by comparing the striped and solid renders (they differ only inside the fills).
+
+    Returns the mask of differing pixels, the instance boxes (``info.shape_box``'s size, centred on each fill's
+    bounding box; the primary instance first) and each fill's area / bounding-box area (~pi/4 for ellipses).
+    A fill is a connected component of the mask at least half the box's size on both axes; the rest are slivers
+    (e.g. the anti-aliased rim of an ellipse outside its outline). Columns of a striped fill whose coverage rounds
+    to exactly the mean colour equal the solid fill, so one-pixel gaps along the stripe axis are bridged first
+    (copies are >= 2 px apart).
+    """
+    diff = np.any(np.asarray(striped) != np.asarray(solid), axis=2)
+    bridged = diff.copy()
+    if info.width >= info.height:  # stripes run across the long axis
+        bridged[:, 1:-1] |= diff[:, :-2] & diff[:, 2:]
+    else:
+        bridged[1:-1] |= diff[:-2] & diff[2:]
+    x0, y0, x1, y1 = info.shape_box
+    bw, bh = x1 - x0, y1 - y0
+    boxes: list[Box] = []
+    fill_ratios: list[float] = []
+    for region in regionprops(label_components(bridged, connectivity=2)):
+        r0, c0, r1, c1 = region.bbox
+        if c1 - c0 >= bw / 2 and r1 - r0 >= bh / 2:
+            assert c1 - c0 <= bw and r1 - r0 <= bh, (region.bbox, info)  # no fill is larger than the primary's box
+            bx, by = round((c0 + c1 - bw) / 2), round((r0 + r1 - bh) / 2)
+            boxes.append((bx, by, bx + bw, by + bh))
+            fill_ratios.append(region.area / ((c1 - c0) * (r1 - r0)))
+    offsets = [max(abs(p - q) for p, q in zip(box, info.shape_box)) for box in boxes]
+    assert offsets and min(offsets) <= 1, (boxes, info)  # the primary instance is where info.shape_box says
+    first = int(np.argmin(offsets))
+    order = [first] + [k for k in range(len(boxes)) if k != first]
+    return diff, [boxes[k] for k in order], [fill_ratios[k] for k in order]
+
+
+def _outside(diff: np.ndarray, boxes: list[Box], margin: int = 1) -> int:
+    """How many differing pixels lie outside every box (grown by ``margin`` px for the centring's rounding)."""
+    inside = np.zeros_like(diff)
+    for x0, y0, x1, y1 in boxes:
+        inside[max(0, y0 - margin) : y1 + margin, max(0, x0 - margin) : x1 + margin] = True
+    return int((diff & ~inside).sum())
+
+
+def _gap(p: Box, q: Box) -> int:
+    """Pixels between two boxes along the axis that separates them most (negative if they overlap)."""
+    return max(q[0] - p[2], p[0] - q[2], q[1] - p[3], p[1] - q[3])
+
+
 # What the models see: the builtin NaViT's native-aspect front end at the budget the unit is defined for, and
 # the ViT baseline's square resize to the same number of patches (8x8 patches = 128x128 px at 64 patches).
 NAVIT_VIEW = FrontendConfig(patch_size=PATCH, max_patches=BUDGET_PATCHES)
@@ -225,9 +281,10 @@ def test_stripes_survive_native_and_navit_view_but_vanish_when_squashed(size: tu
         dx, dy = int(0.3 * (x1 - x0)), int(0.3 * (y1 - y0))  # central region: inside every shape
         region = (x0 + dx, y0 + dy, x1 - dx, y1 - dy)
         ra, rb = a[y0 + dy : y1 - dy, x0 + dx : x1 - dx], b[y0 + dy : y1 - dy, x0 + dx : x1 - dx]
-        assert np.all(a[:y0] == b[:y0]) and np.all(a[y1:] == b[y1:])  # only the fill differs
+        diff, boxes, _ = _instances(striped, solid, info)  # the primary instance and its copies
+        assert _outside(diff, boxes) == 0  # only the fills differ
         native = np.abs(ra - rb).mean()
-        assert native > 15, native  # striped and solid differ at native resolution
+        assert native > 40, native  # striped and solid differ at native resolution (ink: tones >= 160 apart)
 
         # ... and have the same mean colour. The region holds a non-integer number of periods, which moves the
         # striped mean by at most (period / 4) * (stripe contrast) / (region length); +1 for uint8 rounding.
@@ -242,25 +299,89 @@ def test_stripes_survive_native_and_navit_view_but_vanish_when_squashed(size: tu
             return np.asarray(img.resize((shape_hw[1], shape_hw[0]), Image.Resampling.BOX), np.float64)
 
         across = (1, ra.shape[1]) if along_x else (ra.shape[0], 1)  # averaging along the stripes keeps them
-        assert np.abs(shrink(ra, across) - shrink(rb, across)).mean() > 15
+        assert np.abs(shrink(ra, across) - shrink(rb, across)).mean() > 40
 
         # at the resolution the NaViT front end with a BUDGET_PATCHES budget gives the whole image, the stripes
         # are still there (periods of STRIPE_PERIOD units are >= 2.25 view pixels even after patch rounding)
         seen = _view_contrast(striped, solid, info, region, NAVIT_VIEW)
-        assert seen > 10, seen
+        assert seen > 25, seen  # measured >= 39 on these sizes over 30 seeds
 
         # the ViT baseline's square resize to the same budget squashes the long axis of an elongated image by
         # about sqrt(aspect) more than the NaViT view, which pushes the stripes (at most STRIPE_PERIOD[1] / sqrt(3)
         # = 2.02 px at 3:1, 1.75 px at 4:1) to or below its Nyquist limit, where the front end's bicubic filter
-        # blurs most of them away. Measured retention (square / NaViT-view contrast) at these seeds: 3:1 sizes
-        # 0.17-0.43, 4:1 0.06-0.24. It is not a hard zero: at 3:1 a period near STRIPE_PERIOD[1] sits right at
-        # the Nyquist limit and can keep up to ~0.75 (other seeds); below 3:1 (16:9: 0.23-0.79, 2.8:1: 0.30-0.70)
-        # the square view keeps much of the detail, so only elongated images are checked.
+        # blurs most of them away. Measured retention (square / NaViT-view contrast, primary instance's centre)
+        # at these seeds: 3:1 sizes 0.08-0.77, 4:1 0.11-0.24. It is not a hard zero: at 3:1 a period near
+        # STRIPE_PERIOD[1] sits right at the Nyquist limit and keeps >= 0.5 in ~23% of seeds (up to 0.77), at
+        # 3.5:1 in ~7% (up to 0.56) and at 4:1 in ~1% (up to 0.52 over 100 seeds), so the check starts at 3.5:1
+        # (of these sizes, only 4:1); below 3:1 (16:9: 0.08-1.07, 2.8:1: 0.11-0.87 over 100 seeds) the square
+        # view keeps much of the detail.
         square = _view_contrast(striped, solid, info, region, SQUARE_VIEW)
-        if max(info.width, info.height) >= 3 * min(info.width, info.height):
+        if max(info.width, info.height) >= 3.5 * min(info.width, info.height):
             assert square < 0.5 * seen, (square, seen)
         elif info.width == info.height:
             assert square == seen  # a square image is not distorted: both front ends see the same pixels
+
+
+def test_copies_are_nonoverlapping_instances_of_the_same_class() -> None:
+    """The primary instance plus up to COPIES[1] copies: same size, shape, fill and colours, never overlapping."""
+    counts, centres = [], []
+    for seed in range(60):
+        striped, solid, info = _render_pair(seed, seed % 8, None)  # dataset-like random size and background
+        diff, boxes, fill_ratios = _instances(striped, solid, info)
+        assert _outside(diff, boxes) == 0, info  # only the fills differ between the two renders
+        assert 1 <= len(boxes) <= 1 + COPIES[1], (len(boxes), info)
+        counts.append(len(boxes))
+        gap = max(2, round(2 * info.unit))  # the spacing the renderer keeps between instances
+        for i, p in enumerate(boxes):
+            assert -1 <= p[0] and -1 <= p[1] and p[2] <= info.width + 1 and p[3] <= info.height + 1, (p, info)
+            for q in boxes[:i]:
+                assert _gap(p, q) >= gap - 1, (p, q, gap, info)  # -1: the boxes are centred to +-0.5 px
+        # same shape: an ellipse fills ~pi/4 of its bounding box, a rectangle all of it
+        if info.class_name.startswith(("circle", "ellipse")):
+            assert all(r < 0.95 for r in fill_ratios), (fill_ratios, info)
+        else:
+            assert all(r >= 0.99 for r in fill_ratios), (fill_ratios, info)
+        # same fill and colours: each copy's centre matches the primary's pixel for pixel (the stripes too) up to
+        # the sensor noise (mean |difference| of two independent draws ~6.3 at its largest amplitude)
+        a = np.asarray(striped, np.float64)
+        x0, y0, x1, y1 = boxes[0]
+        dx, dy = int(0.3 * (x1 - x0)), int(0.3 * (y1 - y0))
+        ref = a[y0 + dy : y1 - dy, x0 + dx : x1 - dx]
+        for p0, q0, p1, q1 in boxes[1:]:
+            centres.append(((p0 + p1) / 2 / info.width, (q0 + q1) / 2 / info.height))
+            tops = [(q0 + dy + oy, p0 + dx + ox) for oy in (-1, 0, 1) for ox in (-1, 0, 1)]  # boxes are +-0.5 px
+            crops = [a[t : t + ref.shape[0], u : u + ref.shape[1]] for t, u in tops if t >= 0 and u >= 0]
+            best = min(np.abs(crop - ref).mean() for crop in crops if crop.shape == ref.shape)
+            assert best < 8, (best, info)
+    # most images hold several instances (measured on these seeds: mean 4.5, 92% with >= 3, up to 8), spread over
+    # the whole image rather than clustered around the primary one
+    counts_arr = np.array(counts)
+    assert counts_arr.max() == 1 + COPIES[1] and counts_arr.mean() >= 3.5 and np.mean(counts_arr >= 3) >= 0.7, counts
+    xy = np.array(centres)
+    assert np.all(np.abs(xy.mean(0) - 0.5) < 0.1) and np.all(xy.std(0) > 0.18), (xy.mean(0), xy.std(0))
+
+
+def test_fill_colours_are_ink_like() -> None:
+    """Nearly neutral ink: a mid tone with a faint tint, striped with a dark and a light tone of it."""
+    lum = np.array([0.299, 0.587, 0.114])
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        mean, delta = P._colours(rng, rng.uniform(0, 255, 3))
+        dark, light = sorted((mean - delta, mean + delta), key=lambda c: float(lum @ c))
+        assert np.all(dark >= 0) and np.all(light <= 255), (mean, delta)
+        assert 85 <= mean.min() and mean.max() <= 170 and np.ptp(mean) <= 40, mean  # tone 105..150, tint +-20
+        assert np.all(np.sign(delta) == np.sign(delta[0])) and np.all(np.abs(delta) >= 80), delta  # one dark, one light
+        assert np.all(np.abs(delta) <= 100) and float(lum @ (light - dark)) >= 160, delta
+    # ... as rendered: the primary instance's centre (inside every shape, no outline) in both renders
+    for seed in range(12):
+        striped, solid, info = _render_pair(seed, seed % 8, None)
+        x0, y0, x1, y1 = info.shape_box
+        dx, dy = int(0.3 * (x1 - x0)), int(0.3 * (y1 - y0))
+        flat = np.median(np.asarray(solid, np.float64)[y0 + dy : y1 - dy, x0 + dx : x1 - dx].reshape(-1, 3), axis=0)
+        assert np.ptp(flat) <= 42 and 85 <= float(lum @ flat) <= 170, (flat, info)  # +-1: median of noisy pixels
+        stripes = _lum(striped)[y0 + dy : y1 - dy, x0 + dx : x1 - dx]
+        contrast = np.percentile(stripes, 98) - np.percentile(stripes, 2)
+        assert contrast >= 150, (contrast, info)  # the two tones are >= 160 apart in luminance
 
 
 @pytest.mark.parametrize("label", range(0, 8, 2))
