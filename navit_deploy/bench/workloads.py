@@ -6,8 +6,11 @@ Images themselves are rendered on demand (:func:`render_workload`) so sizes can 
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -27,6 +30,7 @@ class Workload:
     max_patches: int
     upscale: bool = True
     description: str = ""
+    paths: tuple[str, ...] = ()  # image files, for a user's folder (sizes read from the headers)
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -96,3 +100,56 @@ def render_workload(workload: Workload, seed: int = 0) -> Iterator[Image.Image]:
     for i, size in enumerate(workload.sizes):
         img, _ = render_sample(np.random.default_rng([seed, 7, i]), size=size)
         yield img
+
+
+InputFormat = Literal["jpeg", "png", "pil"]
+
+
+def folder_workload(root: str | Path, max_patches: int = 256, upscale: bool = True, limit: int | None = None,
+                    recursive: bool = True) -> Workload:
+    """A user's image folder as a workload: its files (sorted), sizes read from the headers (no decode)."""
+    from navit_deploy.data.image_folder import list_images
+
+    paths, sizes = [], []
+    for p in list_images(root, recursive=recursive):
+        try:
+            with Image.open(p) as im:
+                sizes.append(im.size)
+        except (OSError, ValueError, SyntaxError):
+            sizes.append((0, 0))  # unreadable: the pipeline reports it as a per-image error
+        paths.append(str(p))
+        if limit is not None and len(paths) >= limit:
+            break
+    return Workload(f"folder:{Path(root).name}", tuple(sizes), max_patches, upscale,
+                    description=f"{len(paths)} images from {root}", paths=tuple(paths))
+
+
+def encode_image(img: Image.Image, fmt: InputFormat = "jpeg", quality: int = 90) -> bytes | Image.Image:
+    """``img`` as the bytes a service would receive (JPEG or PNG), or the PIL image itself for ``"pil"``."""
+    if fmt == "pil":
+        return img
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        img.save(buf, "JPEG", quality=quality)
+    elif fmt == "png":
+        img.save(buf, "PNG", compress_level=1)
+    else:
+        raise ValueError(f"input format must be jpeg, png or pil, got {fmt!r}")
+    return buf.getvalue()
+
+
+def workload_sources(workload: Workload, fmt: InputFormat = "jpeg", seed: int = 0) -> list:
+    """What the benchmark feeds the pipeline: file paths for a folder workload, otherwise the rendered
+    images encoded as ``fmt`` (so decoding is part of the measured host work, as in a service)."""
+    if workload.paths:
+        return list(workload.paths)
+    return [encode_image(img, fmt) for img in render_workload(workload, seed)]
+
+
+def camera_frames(n: int, size: tuple[int, int] = (1280, 720), distinct: int = 4, seed: int = 0) -> list[np.ndarray]:
+    """``n`` decoded camera frames (HxWx3 uint8 RGB, as a capture API hands them), cycling ``distinct`` renders."""
+    from navit_deploy.data.procedural import render_sample
+
+    base = [np.asarray(render_sample(np.random.default_rng([seed, 11, i]), size=size, theme="camera")[0])
+            for i in range(max(1, min(distinct, n)))]
+    return [base[i % len(base)] for i in range(n)]

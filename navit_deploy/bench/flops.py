@@ -1,0 +1,105 @@
+"""Analytic FLOP counts of a NaViT forward and the machine's measured matrix-multiply peak. Torch-free.
+
+Counting convention (multiply-add = 2 FLOPs, weights only, biases/norms/activations/softmax ignored):
+
+* linear layers: ``2 * weights * tokens`` (patch embedding, every block's QKV/proj/MLP, the pooling K/V)
+  plus ``2 * weights * images`` for what runs once per image (pooling proj/MLP, head);
+* self-attention per layer: ``4 * dim * L**2`` for a sequence of ``L`` tokens (``Q K^T`` and ``A V``);
+  per image (``sum L_i**2``) for a per-image / varlen kernel, per pack (``pack_len**2``) for the dense
+  block-diagonal mask, which computes every cross-image score and masks it away;
+* attention pooling: ``4 * dim`` per token (scores and weighted sum) per image, ``2 * dim * T * (B + 1)``
+  for the dense graph, which evaluates the weighted sum for every (image, token) pair.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the FLOP count needs from a NaViT config."""
+
+    dim: int
+    depth: int
+    hidden: int
+    patch_dim: int
+    num_classes: int
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ModelShape:
+        """From a :class:`~navit_deploy.model.config.NaViTConfig` (or anything with the same fields)."""
+        return cls(dim=cfg.dim, depth=cfg.depth, hidden=int(cfg.dim * cfg.mlp_ratio), patch_dim=cfg.patch_dim,
+                   num_classes=cfg.num_classes)
+
+    @property
+    def weights_per_token(self) -> int:
+        """Linear-layer weights applied to every token (padding included)."""
+        d, h = self.dim, self.hidden
+        block = d * 3 * d + d * d + 2 * d * h
+        return self.patch_dim * d + self.depth * block + d * 2 * d
+
+    @property
+    def weights_per_image(self) -> int:
+        """Linear-layer weights applied once per image (pooled vector: pooling proj + MLP, head)."""
+        d, h = self.dim, self.hidden
+        return d * d + 2 * d * h + d * self.num_classes
+
+
+def model_flops(shape: ModelShape, seqlens: Sequence[int], pack_len: int | None = None,
+                attention: str = "varlen") -> dict[str, int]:
+    """FLOPs of one forward over one pack holding images of ``seqlens`` tokens.
+
+    ``pack_len`` (default: ``sum(seqlens)``, no padding) is the number of tokens the linear layers run
+    on. ``attention``: ``"varlen"`` (per image, ``sum L_i**2``: the segment loop, varlen/packed kernels)
+    or ``"dense"`` (block-diagonal mask over the whole pack, ``pack_len**2``).
+    """
+    lens = [int(n) for n in seqlens]
+    valid = sum(lens)
+    t = valid if pack_len is None else int(pack_len)
+    if t < valid:
+        raise ValueError(f"pack_len {t} is shorter than the {valid} tokens it holds")
+    d = shape.dim
+    linear = 2 * shape.weights_per_token * t + 2 * shape.weights_per_image * len(lens)
+    if attention == "dense":
+        attn = shape.depth * 4 * d * t * t
+        pool = 2 * d * t * (len(lens) + 1)
+    elif attention == "varlen":
+        attn = shape.depth * 4 * d * sum(n * n for n in lens)
+        pool = 4 * d * t
+    else:
+        raise ValueError(f"attention must be 'varlen' or 'dense', got {attention!r}")
+    return {"linear": linear, "attention": attn, "pool": pool, "total": linear + attn + pool}
+
+
+def useful_flops(shape: ModelShape, seqlens: Sequence[int]) -> int:
+    """The per-image ideal: every image alone, unpadded, attention over its own tokens only."""
+    return model_flops(shape, seqlens, None, "varlen")["total"]
+
+
+def attention_kind(lowering: str) -> str:
+    """How a runner's attention scales: ``"dense"`` for the mask lowering, ``"varlen"`` otherwise."""
+    return "dense" if lowering == "dense" else "varlen"
+
+
+def gemm_peak_gflops(n: int = 1024, seconds: float = 0.5, dtype: Any = np.float32) -> float:
+    """Best observed float32 GEMM rate of numpy's BLAS (all its threads) in GFLOP/s: the machine's
+    practical matrix-multiply peak, measured in the same process as the benchmark."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
+    a @ b  # warm-up (thread pool start, page faults)
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    reps = 0
+    while reps < 3 or time.perf_counter() < deadline:
+        s = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - s)
+        reps += 1
+    return 2.0 * n ** 3 / best / 1e9

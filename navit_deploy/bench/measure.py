@@ -1,0 +1,327 @@
+"""Timing: strategies (how images become packs), end-to-end runs, host-stage breakdown, camera streaming.
+
+Everything here drives the runtime's own code (:class:`~navit_deploy.runtime.pipeline.Pipeline`: its
+thread-pool front end, its packer hook, ``run_pack``) with timers around the stages. Torch-free.
+"""
+
+from __future__ import annotations
+
+import io
+import resource
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from navit_deploy.bench.anyres import anyres_tokens, square_grid_for
+from navit_deploy.bench.packing_policy import BucketedPacker, describe_packer, recommended_packing
+from navit_deploy.frontend import FrontendConfig, PreparedImage, grid_coords, load_image, patchify, target_size
+from navit_deploy.frontend.patchify import normalize, resize_to
+from navit_deploy.packing import Packer
+from navit_deploy.runtime.pipeline import Pipeline
+from navit_deploy.runtime.results import ImageResult
+from navit_deploy.runtime.runner import Runner
+
+STRATEGIES = ("packed", "packed-fixed", "padded", "square", "single", "anyres")
+STRATEGY_HELP = {
+    "packed": "this runtime's default: native aspect, first-fit-decreasing packs (capacity/bucketing per lowering)",
+    "packed-fixed": "native aspect, packs padded to the exported pack length (the runtime as shipped)",
+    "padded": "NaFlex-style: one image per row padded to the budget (SigLIP 2 in transformers)",
+    "square": "classic ViT: every image squashed to g x g patches, g*g <= budget",
+    "single": "one image at a time, native aspect at the budget, no padding (batch size 1)",
+    "anyres": "LLaVA-NeXT AnyRes tiles + thumbnail (token count; images/s estimated from square's tokens/s)",
+}
+
+
+# ----------------------------------------------------------------------------------------------- plans
+
+@dataclass(frozen=True)
+class Plan:
+    """How one strategy runs a workload: its front end and its packer (None: counted, not run)."""
+
+    strategy: str
+    frontend: FrontendConfig
+    packer: Packer | None
+    budget: int
+
+    @property
+    def packing(self) -> str:
+        if self.packer is None:
+            g = self.frontend.square_grid
+            return f"tiles of {g}x{g} patches + thumbnail"
+        return describe_packer(self.packer)
+
+
+def workload_frontend(base: FrontendConfig, max_patches: int, upscale: bool) -> FrontendConfig:
+    """The model's front end at a workload's budget (NaFlex-style ``max_patches``)."""
+    return base.replace(budget="max_patches", max_patches=max_patches, upscale=upscale, square_grid=0)
+
+
+def make_plan(strategy: str, frontend: FrontendConfig, lowering: str, provider: str, export_pack_len: int,
+              max_images: int, pack_len: int | None = None, bucket: int | None = None) -> Plan:
+    """The :class:`Plan` of ``strategy`` at ``frontend``'s budget; raises ValueError when it cannot run."""
+    budget = frontend.max_patches
+    if strategy == "packed":
+        rec = recommended_packing(budget, lowering, provider, max_images)
+        if pack_len is not None or bucket is not None:
+            cap = pack_len if pack_len is not None else rec.pack_len
+            if cap < budget:
+                raise ValueError(f"--pack-len {cap} is shorter than the budget {budget}")
+            rec = BucketedPacker(cap, max_images, rec.bucket if bucket is None else bucket)
+        return Plan(strategy, frontend, rec, budget)
+    if strategy == "packed-fixed":
+        if export_pack_len < budget:
+            raise ValueError(f"the exported pack length {export_pack_len} is shorter than the budget {budget}")
+        return Plan(strategy, frontend, Packer(export_pack_len, max_images), budget)
+    if strategy == "padded":
+        return Plan(strategy, frontend, Packer(budget, 1), budget)
+    if strategy == "single":
+        return Plan(strategy, frontend, BucketedPacker(budget, 1, 1), budget)
+    if strategy in ("square", "anyres"):
+        g = min(square_grid_for(budget), frontend.max_grid)
+        fe = frontend.replace(square_grid=g)
+        return Plan(strategy, fe, Packer(g * g, 1) if strategy == "square" else None, budget)
+    raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+
+
+def anyres_counts(sizes: Sequence[tuple[int, int]], frontend: FrontendConfig) -> list[int]:
+    """AnyRes tokens per image, tiles of the square strategy's grid."""
+    g = frontend.square_grid or square_grid_for(frontend.max_patches)
+    return [anyres_tokens(w, h, g, frontend.patch_size).tokens if w > 0 and h > 0 else 0 for w, h in sizes]
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux ``/proc/self/clear_refs``); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB: ``VmHWM`` (since the last reset) or ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+@dataclass
+class RunTiming:
+    """One end-to-end pass over a workload."""
+
+    wall_s: float
+    host_s: float  # front end (thread pool) + packing
+    prepare_s: float
+    pack_s: float
+    model_s: float
+    pack_ms: list[float]
+    request_ms: list[float]  # per image: from submission of the batch to its result
+    packs: list[tuple[int, list[int]]]  # (pack_len, seqlens) of every pack
+    failed: int
+
+
+@dataclass
+class Measurement:
+    plan: Plan
+    runs: list[RunTiming] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+
+    def median_run(self) -> RunTiming:
+        return sorted(self.runs, key=lambda r: r.wall_s)[len(self.runs) // 2]
+
+
+def run_once(pipe: Pipeline, sources: Sequence[Any]) -> RunTiming:
+    """``Pipeline.run`` with timers: front end, packing, every pack's model call, each image's completion."""
+    t0 = time.perf_counter()
+    prepared = pipe._prepare_many(list(sources))  # the runtime's own thread-pool front end
+    t1 = time.perf_counter()
+    good: dict[int, PreparedImage] = {i: r for i, r in enumerate(prepared) if not isinstance(r, ImageResult)}
+    order = list(good)
+    packs = pipe.packer.pack([good[i] for i in order], order) if good else []
+    t2 = time.perf_counter()
+    names = {i: "" for i in good}
+    pack_ms, done = [], {}
+    for pack in packs:
+        s = time.perf_counter()
+        pipe.run_pack(pack, good, names)
+        e = time.perf_counter()
+        pack_ms.append(1000 * (e - s))
+        for idx in pack.image_index.tolist():
+            done[idx] = 1000 * (e - t0)
+    t3 = time.perf_counter()
+    return RunTiming(t3 - t0, t2 - t0, t1 - t0, t2 - t1, t3 - t2, pack_ms, [done[i] for i in sorted(done)],
+                     [(p.pack_len, p.seqlens.tolist()) for p in packs], len(sources) - len(good))
+
+
+def measure_plans(runner: Runner, plans: Sequence[Plan], sources: Sequence[Any], repeats: int = 3,
+                  warmup: int = 1, workers: int | None = None) -> list[Measurement]:
+    """Time every plan on ``sources``, ``repeats`` times, interleaved (plan A, B, ..., A, B, ...) so that
+    drift of a shared machine hits every strategy alike; ``warmup`` untimed passes over a few images first."""
+    pipes = []
+    for plan in plans:
+        kw = {} if workers is None else {"workers": workers}
+        pipes.append(Pipeline(runner, plan.frontend, plan.packer, **kw))
+    results = [Measurement(p) for p in plans]
+    with runner:
+        for pipe in pipes:
+            for _ in range(warmup):
+                run_once(pipe, sources[: max(1, min(len(sources), 8))])
+        for _ in range(max(1, repeats)):
+            for pipe, m in zip(pipes, results):
+                reset_peak_rss()
+                m.runs.append(run_once(pipe, sources))
+                m.peak_rss_mb = max(m.peak_rss_mb, peak_rss_mb())
+    return results
+
+
+def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 95, 99)) -> list[float | None]:
+    if not len(values):
+        return [None for _ in qs]
+    arr = np.asarray(values, dtype=np.float64)
+    return [float(np.percentile(arr, q)) for q in qs]
+
+
+# ------------------------------------------------------------------------------------- host breakdown
+
+def host_breakdown(sources: Sequence[Any], frontend: FrontendConfig, limit: int = 8,
+                   draft_factors: Sequence[int] = (1, 2)) -> dict[str, Any]:
+    """Where front-end time goes, one image at a time on one thread: decode, EXIF orientation + mode
+    conversion (``ImageOps.exif_transpose`` copies the whole image even when there is nothing to rotate),
+    resize, normalize, patchify.
+
+    For JPEG inputs it also times *draft* decoding: libjpeg scales by 1/2, 1/4 or 1/8 while decoding
+    (``Image.draft``) to the smallest size at least ``factor`` x the target, then the usual antialiased
+    resize; factor 2 is what ``PIL.Image.thumbnail`` does by default. The runtime could do this for
+    large JPEGs that are downscaled anyway.
+    """
+    stages = {"decode": 0.0, "orient_copy": 0.0, "resize": 0.0, "normalize": 0.0, "patchify": 0.0}
+    draft = {f: [0.0, 0.0, 0] for f in draft_factors}
+    full_jpeg = 0.0
+    n = 0
+    for src in list(sources)[:limit]:
+        try:
+            t0 = time.perf_counter()
+            # What load_image does, split: decode, then EXIF orientation (a full copy even with no
+            # orientation tag) and mode conversion. numpy frames skip the orientation step, as there.
+            if isinstance(src, np.ndarray):
+                img = load_image(src, max_image_pixels=frontend.max_image_pixels)
+            elif isinstance(src, Image.Image):
+                img = src
+                img.load()
+            else:
+                img = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+                img.load()
+            t1 = time.perf_counter()
+            if not isinstance(src, np.ndarray):
+                img = ImageOps.exif_transpose(img)
+                if img.mode != "RGB":
+                    img = img.convert("RGB")
+            t1b = time.perf_counter()
+            tw, th = target_size(img.size[0], img.size[1], frontend)
+            resized = resize_to(img, (tw, th), frontend)
+            t2 = time.perf_counter()
+            pixels = normalize(resized, frontend)
+            t3 = time.perf_counter()
+            patchify(pixels, frontend.patch_size)
+            grid_coords(th // frontend.patch_size, tw // frontend.patch_size)
+            t4 = time.perf_counter()
+        except Exception:  # noqa: BLE001, S112 - a bad image is the pipeline's business, not the breakdown's
+            continue
+        n += 1
+        for k, dt in zip(stages, (t1 - t0, t1b - t1, t2 - t1b, t3 - t2, t4 - t3)):
+            stages[k] += dt
+        if isinstance(src, (bytes, str)) and _is_jpeg(src):
+            full_jpeg += t2 - t0
+            for f in draft_factors:
+                d0 = time.perf_counter()
+                im = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+                im.draft("RGB", (tw * f, th * f))
+                im = im.convert("RGB")
+                d1 = time.perf_counter()
+                resize_to(im, (tw, th), frontend)
+                d2 = time.perf_counter()
+                draft[f][0] += d1 - d0
+                draft[f][1] += d2 - d1
+                draft[f][2] += 1
+    total = sum(stages.values())
+    out: dict[str, Any] = {"images": n,
+                           "ms_per_image": {k: round(1000 * v / max(n, 1), 3) for k, v in stages.items()},
+                           "share": {k: round(v / total, 4) if total else 0.0 for k, v in stages.items()},
+                           "dominant": max(stages, key=stages.get) if n else None}
+    drafts = {}
+    for f, (dec, res, k) in draft.items():
+        if k:
+            fast = (dec + res) / k
+            drafts[f"x{f}"] = {"images": k, "decode_ms": round(1000 * dec / k, 3), "resize_ms": round(1000 * res / k, 3),
+                               "decode_resize_speedup": round(full_jpeg / k / fast, 2) if fast else None}
+    if drafts:
+        out["jpeg_draft"] = drafts
+    return out
+
+
+def _is_jpeg(src: bytes | str) -> bool:
+    if isinstance(src, bytes):
+        return src[:3] == b"\xff\xd8\xff"
+    return str(src).lower().endswith((".jpg", ".jpeg"))
+
+
+# ------------------------------------------------------------------------------------------ streaming
+
+def stream_camera(runner: Runner, frontend: FrontendConfig, frames: Sequence[np.ndarray], fps: float,
+                  packer: Packer | None = None, buffer: int = 1) -> dict[str, Any]:
+    """Frames arrive one by one at ``fps`` through :meth:`Pipeline.stream`; latency from each frame's
+    scheduled arrival to its result (so a backlog shows up as latency), achieved FPS, and the service time
+    per frame (what the pipeline could sustain back to back)."""
+    budget = frontend.max_patches
+    packer = packer or BucketedPacker(budget, 1, 1)
+    pipe = Pipeline(runner, frontend, packer, workers=1)
+    with runner:
+        pipe.run(list(frames[:2]))  # warm-up
+        due: dict[int, float] = {}
+        handed: dict[int, float] = {}
+        start = time.perf_counter() + 0.01
+
+        def feed() -> Iterator[np.ndarray]:
+            for i, frame in enumerate(frames):
+                t = start + i / fps
+                now = time.perf_counter()
+                if now < t:
+                    time.sleep(t - now)
+                due[i] = t
+                handed[i] = time.perf_counter()
+                yield frame
+
+        latency, service = [], []
+        for res in pipe.stream(feed(), buffer=buffer, min_fill=0.0):
+            now = time.perf_counter()
+            latency.append(1000 * (now - due[res.index]))
+            service.append(1000 * (now - handed[res.index]))
+        end = time.perf_counter()
+    p50, p95, p99 = percentiles(latency)
+    achieved = len(latency) / (end - start) if end > start else 0.0
+    mean_service = float(np.mean(service)) if service else 0.0
+    return {"frames": len(frames), "target_fps": fps, "achieved_fps": round(achieved, 2),
+            "keeps_up": achieved >= 0.95 * fps, "latency_p50_ms": _r(p50), "latency_p95_ms": _r(p95),
+            "latency_p99_ms": _r(p99), "service_ms_mean": round(mean_service, 3),
+            "sustainable_fps": round(1000 / mean_service, 2) if mean_service else None,
+            "tokens_per_frame": round(pipe.stats.valid_tokens / max(1, len(latency)), 1),
+            "padding_fraction": round(pipe.stats.padding_fraction, 4), "packing": describe_packer(packer),
+            "latency_ms": [round(x, 3) for x in latency]}
+
+
+def _r(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None else round(x, nd)

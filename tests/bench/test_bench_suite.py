@@ -1,0 +1,133 @@
+"""The benchmark end to end on the tiny model: JSON schema and consistency, files, CLI. No timing assertions."""
+
+import json
+
+import pytest
+
+from navit_deploy.bench.anyres import anyres_tokens
+from navit_deploy.bench.suite import BenchConfig, bench_summary, evaluate_targets, run_bench, summary_markdown
+from navit_deploy.bench.workloads import make_workload
+
+REQUIRED = ("strategy", "backend", "precision", "images_per_s", "workload", "padding_fraction",
+            "computed_tokens_per_image", "p50_ms", "p99_ms", "host_fraction")
+
+
+@pytest.fixture(scope="module")
+def report(tiny_model_dir, exported, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    cfg = BenchConfig(model=str(tiny_model_dir), onnx=exported("dense"), out=out, workloads=("mixed",), n=4,
+                      repeats=1, warmup=0, backends=("ort-cpu", "torch-segment", "ort-cpu-int8", "tensorrt"),
+                      stream_frames=3, stream_fps=200.0, breakdown_images=2)
+    return run_bench(cfg, log=lambda s: None), out
+
+
+def _row(rows, strategy, backend_key="ort-cpu"):
+    return next(r for r in rows if r["strategy"] == strategy and r["backend_key"] == backend_key)
+
+
+def test_rows_have_the_schema(report):
+    rep, _ = report
+    rows = rep["rows"]
+    strategies = {"packed", "packed-fixed", "padded", "square", "single", "anyres"}
+    for key in ("ort-cpu", "torch-segment"):
+        assert {r["strategy"] for r in rows if r["backend_key"] == key} == strategies
+    for r in rows:
+        assert all(k in r for k in REQUIRED), set(REQUIRED) - set(r)
+        assert r["workload"] == "mixed" and r["precision"] == "fp32"
+        if r["measured"]:
+            assert r["images_per_s"] > 0 and 0 <= r["padding_fraction"] < 1 and 0 < r["host_fraction"] < 1
+            assert r["p50_ms"] <= r["p99_ms"] and r["failed"] == 0
+            assert r["executed_gflop_per_image"] >= r["useful_gflop_per_image"] * 0.999
+            assert r["peak_gemm_gflop_per_s"] > 0 and r["peak_rss_mb"] > 0
+
+
+def test_rows_are_consistent(report):
+    rep, _ = report
+    rows = rep["rows"]
+    packed, padded, single = (_row(rows, s) for s in ("packed", "padded", "single"))
+    assert padded["padding_fraction"] > packed["padding_fraction"]
+    assert padded["computed_tokens_per_image"] == 256  # every image padded to the mixed budget
+    assert packed["valid_tokens_per_image"] == single["valid_tokens_per_image"] == padded["valid_tokens_per_image"]
+    assert single["padding_fraction"] == 0 and single["packs"] == 4
+    fixed = _row(rows, "packed-fixed")
+    assert fixed["mean_pack_len"] == 512  # the fixture's exported pack length
+    assert fixed["attention_waste"] > packed["attention_waste"] >= 1.0
+    assert _row(rows, "packed", "torch-segment")["attention_waste"] == 1.0
+    square = _row(rows, "square")
+    assert square["computed_tokens_per_image"] == 16 * 16  # g*g <= 256
+    anyres = _row(rows, "anyres")
+    sizes = make_workload("mixed", 4).sizes
+    expected = sum(anyres_tokens(w, h, 16, 16).tokens for w, h in sizes) / len(sizes)
+    assert anyres["computed_tokens_per_image"] == pytest.approx(expected)
+    assert anyres["estimated"] and anyres["images_per_s"] == pytest.approx(
+        square["computed_tokens_per_s"] / expected, rel=1e-3)
+
+
+def test_targets_skips_streaming_breakdown(report):
+    rep, _ = report
+    (t,) = rep["targets"]
+    assert t["workload"] == "mixed" and len(t["checks"]) == 4
+    assert {c["passed"] for c in t["checks"]} <= {True, False}
+    assert {s["key"] for s in rep["skipped"] if "key" in s} == {"ort-cpu-int8", "tensorrt"}
+    assert all(s["reason"] for s in rep["skipped"])
+    s = rep["streaming"]
+    assert s["frames"] == 3 and len(s["latency_ms"]) == 3 and s["padding_fraction"] == 0.0
+    b = rep["host_breakdown"]["mixed"]
+    assert b["images"] == 2 and b["dominant"] in b["ms_per_image"]
+
+
+def test_files_written(report):
+    rep, out = report
+    on_disk = json.loads((out / "bench.json").read_text())
+    assert len(on_disk["rows"]) == len(rep["rows"])
+    assert set(rep["plots"]) == {"latency.png", "throughput_vs_pack_len.png", "packs.png"}
+    for name in rep["plots"]:
+        assert (out / name).stat().st_size > 1000
+    md = (out / "bench.md").read_text()
+    assert "| packed |" in md and "Targets" in md
+
+
+def test_evaluate_targets_on_synthetic_rows():
+    def row(strategy, ips, tokens, pad=0.0, host=0.05):
+        return {"workload": "w", "backend_key": "ort-cpu", "strategy": strategy, "images_per_s": ips,
+                "computed_tokens_per_image": tokens, "padding_fraction": pad, "host_fraction": host, "measured": True}
+
+    rows = [row("packed", 10.0, 100), row("padded", 5.0, 200, 0.5), row("square", 50.0, 64), row("single", 9.0, 100)]
+    (t,) = evaluate_targets(rows)
+    assert t["passed"] and len(t["checks"]) == 4  # square is faster but set aside
+    rows[1]["images_per_s"] = 6.0  # 10/6 = 1.67x speed for 2x tokens: < 0.9 * 2
+    assert not evaluate_targets(rows)[0]["checks"][1]["passed"]
+    rows[3]["images_per_s"] = 11.0
+    assert not evaluate_targets(rows)[0]["checks"][0]["passed"]
+    rows[0]["packs_signature"] = rows[3]["packs_signature"] = "abc"  # the same packs: a difference is noise
+    first = evaluate_targets(rows)[0]["checks"][0]
+    assert first["passed"] and "same packs as single" in first["value"]
+
+
+def test_cli_writes_json_and_pngs(tiny_model_dir, exported, tmp_path, capsys):
+    from navit_deploy.cli import main
+
+    out = tmp_path / "b"
+    rc = main(["bench", "--model", str(tiny_model_dir), "--onnx", str(exported("dense")), "--out", str(out),
+               "--workloads", "thumbnails", "-n", "3", "--repeats", "1", "--warmup", "0", "--backends", "ort-cpu",
+               "--strategies", "packed,padded,single", "--stream-frames", "2", "--stream-fps", "200",
+               "--sweep-pack-len", "64,128"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "packed" in text and "bench.json" in text
+    rep = json.loads((out / "bench.json").read_text())
+    assert {r["strategy"] for r in rep["rows"]} == {"packed", "padded", "single"}
+    assert {r["config"] for r in rep["sweep"]} == {"per-image", "L=64 padded", "L=64 cut", "L=128 padded", "L=128 cut"}
+    assert rep["sweep_best"][0]["best"] in {r["config"] for r in rep["sweep"]}
+    for name in ("latency.png", "throughput_vs_pack_len.png", "packs.png"):
+        assert (out / name).is_file()
+    assert main(["bench", "--model", str(tiny_model_dir), "--strategies", "nope", "--out", str(out)]) == 2
+
+
+def test_bench_summary_for_deploy(tiny_model_dir, exported):
+    s = bench_summary(str(tiny_model_dir), exported("dense"), quick=True, n=3)
+    assert s["workload"].startswith("mixed")
+    assert {r["backend_key"] for r in s["rows"]} == {"ort-cpu", "torch-dense", "torch-segment"}
+    assert all("ms_per_image" in r and "padding_fraction" in r for r in s["rows"])
+    md = summary_markdown(s)
+    assert md.startswith("## Benchmark") and "| packed |" in md
