@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,32 +11,9 @@ from navit_deploy.export.lowerings import LOWERINGS
 from navit_deploy.runtime.onnx_runner import native_providers
 
 
-def _profile(images: list, model: str, onnx_path: Path, repeats: int) -> list[dict[str, Any]]:
-    """Images/s end to end (front end + packing + model) for PyTorch eager and ONNX Runtime CPU, side by side."""
-    from navit_deploy.runtime.open import open_runner, pipeline_for
-    from navit_deploy.runtime.torch_runner import TorchRunner
-
-    onnx_runner, artifact = open_runner(onnx_path, provider="cpu")
-    rows = []
-    for name, runner in (("pytorch-eager (dense)", TorchRunner(model, attention="dense")),
-                         ("pytorch-eager (segment loop)", TorchRunner(model, attention="segment")),
-                         ("onnxruntime-cpu (dense)", onnx_runner)):
-        with runner:
-            pipe = pipeline_for(runner, artifact)
-            pipe.run(images[:8])  # warm-up
-            start = time.perf_counter()
-            for _ in range(repeats):
-                pipe.run(images)
-            wall = time.perf_counter() - start
-        rows.append({"backend": name, "images_per_s": round(len(images) * repeats / wall, 2),
-                     "ms_per_image": round(1000 * wall / (len(images) * repeats), 3),
-                     "padding_fraction": round(pipe.stats.padding_fraction, 4)})
-    return rows
-
-
 def deploy(model: str, out: Path, images: str | None = None, quick: bool = False) -> dict[str, Any]:
     """Run the whole job and write ``out/report.md`` and ``out/report.json``. Returns the JSON report."""
-    from navit_deploy.bench.workloads import make_workload, render_workload
+    from navit_deploy.bench.suite import bench_summary
     from navit_deploy.commands.deploy_cmds import parity_images, run_parity
     from navit_deploy.export.onnx_export import export_onnx
     from navit_deploy.model.weights import WEIGHTS_FILE, load_model, resolve_model_dir, weights_hash
@@ -59,14 +35,34 @@ def deploy(model: str, out: Path, images: str | None = None, quick: bool = False
                                  "passed": par.passed, **{k: par.summary[k] for k in (
                                      "images", "max_abs_embedding_max", "max_abs_logit_max", "cosine_min",
                                      "top1_agreement")}})
-    wl = make_workload("mixed", 24 if quick else 64)
-    bench_images = list(render_workload(wl))
-    report["latency"] = {"workload": f"mixed ({len(bench_images)} images)",
-                         "rows": _profile(bench_images, model, out / "navit.dense.onnx", 1 if quick else 3)}
+    quant = _quantize(model, out, parity_set, eval_size=100 if quick else 300)
+    report["quantization"] = quant["rows"]
+    report["parity"] += quant["parity"]
+    report["bench"] = bench_summary(model, out / "navit.dense.onnx", quick=quick,
+                                    onnx_int8=out / "navit.dense.int8.onnx", out=out / "bench")
     report["passed"] = all(p["passed"] for p in report["parity"])
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(render_markdown(report))
     return report
+
+
+def _quantize(model: str, out: Path, parity_set: list, eval_size: int) -> dict[str, list]:
+    """FP16 and INT8 from the dense export: accuracy on held-out images and parity at each precision's thresholds."""
+    from navit_deploy.calibration import quantize_model
+    from navit_deploy.commands.deploy_cmds import run_parity
+
+    rows, parity = [], []
+    for precision in ("fp16", "int8"):
+        res = quantize_model(out / "navit.dense.onnx", out / f"navit.dense.{precision}.onnx", precision,
+                             eval_size=eval_size, progress=False)
+        assert res.report is not None
+        rows.append({"precision": precision, "file": res.path.name, "mb": round(res.path.stat().st_size / 1e6, 2),
+                     "seconds": round(res.seconds, 1), **res.report.to_json()})
+        par = run_parity(model, str(res.path), parity_set)
+        parity.append({"lowering": f"dense {precision}", "mode": "onnxruntime-cpu", "passed": par.passed,
+                       **{k: par.summary[k] for k in ("images", "max_abs_embedding_max", "max_abs_logit_max",
+                                                      "cosine_min", "top1_agreement")}})
+    return {"rows": rows, "parity": parity}
 
 
 def render_markdown(r: dict[str, Any]) -> str:
@@ -78,20 +74,29 @@ def render_markdown(r: dict[str, Any]) -> str:
     for e in r["exports"]:
         lines.append(f"| {e['lowering']} | {e['file']} | {e['mb']} | {e['export_s']} | "
                      f"{', '.join(e['ort_providers']) or '-'} | {e['runs_on']} |")
-    lines += ["", "## Parity against PyTorch (fp32)", "",
+    lines += ["", "## Parity against PyTorch (fp32 thresholds for fp32 exports, looser for fp16/int8)", "",
               "| lowering | checked with | images | max abs Δ embedding | max abs Δ logit | min cosine | top-1 agreement | result |",
               "|---|---|---|---|---|---|---|---|"]
     for p in r["parity"]:
         lines.append(f"| {p['lowering']} | {p['mode']} | {p['images']} | {p['max_abs_embedding_max']:.2e} | "
                      f"{p['max_abs_logit_max']:.2e} | {p['cosine_min']:.7f} | {p['top1_agreement']:.3f} | "
                      f"{'pass' if p['passed'] else 'FAIL'} |")
+    if r.get("quantization"):
+        lines += ["", "## Quantization (held-out images, against the FP32 export)", "",
+                  "| precision | file | MB | top-1 FP32 | top-1 quantized | Δ points | top-1 agreement | min cosine | max abs Δ logit | time s |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for q in r["quantization"]:
+            lines.append(f"| {q['precision']} | {q['file']} | {q['mb']} | {q['fp32_top1']:.3f} | {q['quant_top1']:.3f} | "
+                         f"{q['top1_delta_points']:+.1f} | {q['top1_agreement']:.3f} | {q['cosine_min']:.5f} | "
+                         f"{q['max_abs_logit_diff']:.3g} | {q['seconds']} |")
     lines += ["", "Reference kernels check the graph around custom nodes (wiring, shapes, cumulative lengths, "
               "token offsets); the real TensorRT plugin, TensorRT's TRT_Attention and ONNX Runtime's CUDA "
               "PackedMultiHeadAttention kernels need a GPU.", "",
-              f"## Latency profile: {r['latency']['workload']}, end to end (decode, resize, pack, run)", "",
-              "| backend | images/s | ms/image | padding |", "|---|---|---|---|"]
-    for row in r["latency"]["rows"]:
-        lines.append(f"| {row['backend']} | {row['images_per_s']} | {row['ms_per_image']} | {row['padding_fraction']:.1%} |")
+              ]
+    if r.get("bench"):
+        from navit_deploy.bench.suite import summary_markdown
+
+        lines += [summary_markdown(r["bench"])]
     for section in r.get("extra_sections", []):
         lines += ["", section]
     return "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from navit_deploy.bench.anyres import anyres_tokens, square_grid_for
-from navit_deploy.bench.packing_policy import BucketedPacker, describe_packer, recommended_packing
+from navit_deploy.packing.policy import BucketedPacker, describe_packer, recommended_packing
 from navit_deploy.frontend import FrontendConfig, PreparedImage, grid_coords, load_image, patchify, target_size
 from navit_deploy.frontend.patchify import normalize, resize_to
 from navit_deploy.packing import Packer

@@ -34,7 +34,7 @@ from navit_deploy.bench.measure import (
     stream_camera,
     workload_frontend,
 )
-from navit_deploy.bench.packing_policy import BucketedPacker
+from navit_deploy.packing.policy import BucketedPacker
 from navit_deploy.bench.workloads import (
     WORKLOADS,
     Workload,

@@ -9,11 +9,12 @@ non-overlapping copies of it (same size, fill and colours), like a sheet of stic
 * shape in {circle, ellipse, square, rectangle}: ellipses and rectangles have an axis ratio in
   [1.5, 2.0] and circles/squares exactly 1, so a square resize of a non-square image (which turns
   circles into ellipses) confuses them, while a native-aspect model (NaViT) does not;
-* fill in {solid, striped}: stripes with a period of ``STRIPE_PERIOD`` "units" run perpendicular to
-  the image's long axis and the solid fill is exactly their mean colour, so only the fine detail
-  tells them apart and a resize that squashes the long axis pushes them below its Nyquist limit and
-  blurs most of them away (a square resize to the same budget does so at aspect ratios of about 3:1
-  and more; at 16:9 it keeps much of the detail).
+* fill in {solid, striped}: stripes with a period of ``STRIPE_PERIOD`` "units" alternate a dark ink
+  tone and a light tone of one colour and run perpendicular to the image's long axis; the solid fill
+  is the dark ink tone alone, so a striped fill is lighter on average (a first-order cue that survives
+  any resize). The stripe detail itself is what a resize that squashes the long axis pushes below its
+  Nyquist limit and mostly blurs away (a square resize to the same budget does so at aspect ratios of
+  about 3:1 and more; at 16:9 it keeps much of the detail).
 
 A *unit* is one pixel at the resolution a NaViT with a ``BUDGET_PATCHES``-patch budget (64) of ``PATCH`` px
 (16 px) patches sees the image (see :func:`unit_size`), so the detail stays visible to that model at any
@@ -340,9 +341,10 @@ def _document(rng: np.random.Generator, kind: str, w: int, h: int) -> Image.Imag
 def _colours(rng: np.random.Generator, bg_mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, half-difference) of the two stripe colours: ink-like, nearly neutral, high luminance contrast.
 
-    Stamps and printed markers: a dark and a light tone of one faint tint (solid fill = their mid tone).
-    Colour carries no class information, so the fill can only be told apart by its stripes. ``bg_mean`` (the
-    background under the primary box) is not used: the fill may be close to the background in tone.
+    Stamps and printed markers: a dark and a light tone (``mean -+ |delta|``) of one faint tint; stripes
+    alternate the two and a solid fill is the dark ink tone alone (see :func:`_draw_shape`). The tint carries no
+    class information. ``bg_mean`` (the background under the primary box) is not used: the fill may be close to
+    the background in tone.
     """
     tint = rng.integers(-20, 21, 3)
     mean = np.clip(rng.integers(105, 151) + tint, 0, 255)
@@ -375,7 +377,8 @@ def _draw_shape(img: Image.Image, rng: np.random.Generator, info: SampleInfo) ->
     mean, delta = _colours(rng, bg_mean)
     shape, fill = info.class_name.split("_")
     if fill == "solid":
-        patch = Image.new("RGB", (bw, bh), tuple(int(c) for c in mean))
+        # Solid stamps are printed in the dark ink tone; striped ones alternate dark ink and the light tone.
+        patch = Image.new("RGB", (bw, bh), tuple(int(c) for c in np.clip(mean - np.abs(delta), 0, 255)))
     else:
         patch = _stripes(info, period, phase, mean + delta, mean - delta)
     mask = None

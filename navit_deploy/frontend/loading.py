@@ -105,7 +105,9 @@ def load_image(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
-            img = ImageOps.exif_transpose(img)
+            # exif_transpose copies the whole image even when there is nothing to rotate: skip that case.
+            if img.getexif().get(0x0112, 1) != 1:
+                img = ImageOps.exif_transpose(img)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{name}: {exc}") from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as exc:

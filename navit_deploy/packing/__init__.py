@@ -2,4 +2,6 @@
 
 from navit_deploy.packing.packer import PAD_SEGMENT, PackedBatch, Packer, build_pack, first_fit_decreasing, padding_fraction
 
-__all__ = ["PAD_SEGMENT", "PackedBatch", "Packer", "build_pack", "first_fit_decreasing", "padding_fraction"]
+from navit_deploy.packing.policy import BucketedPacker, recommended_packing  # noqa: E402
+
+__all__ = ["BucketedPacker", "recommended_packing", "PAD_SEGMENT", "PackedBatch", "Packer", "build_pack", "first_fit_decreasing", "padding_fraction"]

@@ -4,7 +4,7 @@ import pytest
 
 from navit_deploy.bench.anyres import anyres_tokens, select_best_resolution, square_grid_for
 from navit_deploy.bench.flops import ModelShape, model_flops, useful_flops
-from navit_deploy.bench.packing_policy import BucketedPacker, attention_waste, recommended_packing, trim_pack
+from navit_deploy.packing.policy import BucketedPacker, attention_waste, recommended_packing, trim_pack
 from navit_deploy.packing import Packer, build_pack
 from tests.conftest import fake_image
 

@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from navit_deploy.packing import PackedBatch, Packer
+from navit_deploy.packing.packer import PackedBatch, Packer
 from navit_deploy.packing.packer import Packable
 
 MIN_PACK_TOKENS = 2  # the exported graphs' smallest token axis
