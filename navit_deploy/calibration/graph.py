@@ -157,22 +157,3 @@ def quantization_state(model: onnx.ModelProto) -> str | None:
     if vi:
         return f"it already computes in FP16 (e.g. tensor {vi[0]!r})"
     return None
-
-
-def rehome_custom_nodes(model: onnx.ModelProto, domain: str, reference_domain: str) -> int:
-    """Move ``domain`` nodes to ``reference_domain`` (onnxruntime-extensions Python ops), in place.
-
-    Mirrors what :class:`~navit_deploy.runtime.onnx_runner.OnnxRunner` does with ``reference_ops=True``:
-    Python ops take a fixed input list, so empty optional inputs are dropped. Returns the number moved.
-    """
-    moved = 0
-    for node in model.graph.node:
-        if node.domain == domain:
-            node.domain = reference_domain
-            kept = [i for i in node.input if i]
-            del node.input[:]
-            node.input.extend(kept)
-            moved += 1
-    if moved and not any(o.domain == reference_domain for o in model.opset_import):
-        model.opset_import.add(domain=reference_domain, version=1)
-    return moved

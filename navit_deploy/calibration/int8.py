@@ -47,7 +47,8 @@ from typing import Any
 import onnx
 
 from navit_deploy.calibration.cache import CalibrationCache, cache_key
-from navit_deploy.calibration.graph import QUANTIZED_OPS, classify, constant_names, match_keep, rehome_custom_nodes
+from navit_deploy.calibration.graph import QUANTIZED_OPS, classify, constant_names, match_keep
+from navit_deploy.runtime.reference_ops import REFERENCE_DOMAIN, rehome_custom_nodes
 from navit_deploy.calibration.reader import CalibrationReader
 from navit_deploy.errors import ConfigError
 
@@ -181,7 +182,7 @@ def collect_ranges(model: onnx.ModelProto, reader: CalibrationReader, tensors: S
     """
     from tqdm import tqdm
 
-    from navit_deploy.runtime.onnx_runner import REFERENCE_DOMAIN
+
 
     CALIBRATION_RUNS["count"] += 1
     reader.prepare()

@@ -19,7 +19,6 @@ from navit_deploy.runtime.runner import INPUT_NAMES, OUTPUT_NAMES, PackLimits, R
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 CUSTOM_DOMAINS = {"trt-plugin": "navit", "trt-native": "trt", "ort-packed": "com.microsoft"}
-REFERENCE_DOMAIN = "ai.onnx.contrib"
 
 
 def native_providers(lowering: str) -> tuple[str, ...]:
@@ -83,17 +82,10 @@ class OnnxRunner(Runner):
             return str(self.path)
         import onnx
 
+        from navit_deploy.runtime.reference_ops import rehome_custom_nodes
+
         model = onnx.load(str(self.path))
-        domain = CUSTOM_DOMAINS.get(self.artifact.lowering)
-        for node in model.graph.node:
-            if node.domain == domain:
-                node.domain = REFERENCE_DOMAIN
-                # Python ops take a fixed input list: drop empty optional inputs.
-                kept = [i for i in node.input if i]
-                del node.input[:]
-                node.input.extend(kept)
-        if not any(o.domain == REFERENCE_DOMAIN for o in model.opset_import):
-            model.opset_import.add(domain=REFERENCE_DOMAIN, version=1)
+        rehome_custom_nodes(model, CUSTOM_DOMAINS[self.artifact.lowering])
         return model.SerializeToString()
 
     def _activate(self) -> None:

@@ -57,6 +57,29 @@ def packed_mha_from_token_offset(q: np.ndarray, k: np.ndarray, v: np.ndarray, to
     return packed_attention(q, k, v, cu_seqlens, num_heads, scale)
 
 
+REFERENCE_DOMAIN = "ai.onnx.contrib"
+
+
+def rehome_custom_nodes(model, domain: str, reference_domain: str = REFERENCE_DOMAIN) -> int:  # noqa: ANN001
+    """Move ``domain`` nodes to ``reference_domain`` (onnxruntime-extensions Python ops), in place.
+
+    ``model`` is an ``onnx.ModelProto``. Python ops take a fixed input list, so empty optional inputs are
+    dropped. Used by :class:`~navit_deploy.runtime.onnx_runner.OnnxRunner` (``reference_ops=True``) and by
+    calibration. Returns the number of nodes moved.
+    """
+    moved = 0
+    for node in model.graph.node:
+        if node.domain == domain:
+            node.domain = reference_domain
+            kept = [i for i in node.input if i]
+            del node.input[:]
+            node.input.extend(kept)
+            moved += 1
+    if moved and not any(o.domain == reference_domain for o in model.opset_import):
+        model.opset_import.add(domain=reference_domain, version=1)
+    return moved
+
+
 _REGISTERED = False
 
 
