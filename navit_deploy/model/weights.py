@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ BUILTIN = "builtin"
 
 def builtin_model_dir() -> Path:
     """Directory of the model this project trained and ships (see README for the command)."""
-    return Path(str(resources.files("navit_deploy") / "assets" / "builtin"))
+    return Path(__file__).resolve().parents[1] / "assets" / "builtin"
 
 
 def resolve_model_dir(model: str | Path) -> Path:
@@ -85,6 +84,3 @@ def weights_hash(path: str | Path) -> str:
             h.update(chunk)
     return h.hexdigest()
 
-
-def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
