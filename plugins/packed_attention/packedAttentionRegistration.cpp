@@ -92,6 +92,19 @@ bool isTensorRTRuntime(void* registrySym, Lookup lookup) noexcept
     return true;
 }
 
+//! Fills ``result`` from a dlopen handle when it is a real TensorRT runtime library (not a stub).
+void takeSymbolsFrom(void* handle, TensorRTSymbols& result) noexcept
+{
+    void* sym = dlsym(handle, "getPluginRegistry");
+    auto lookup = [handle](char const* name) { return dlsym(handle, name); };
+    if (sym != nullptr && isTensorRTRuntime(sym, lookup))
+    {
+        result.getPluginRegistry = sym;
+        void* logger = dlsym(handle, "getLogger");
+        result.getLogger = objectBase(logger) == objectBase(sym) ? logger : nullptr;
+    }
+}
+
 TensorRTSymbols findTensorRTSymbolsUncached(bool allowLoad) noexcept
 {
     TensorRTSymbols result;
@@ -121,14 +134,7 @@ TensorRTSymbols findTensorRTSymbolsUncached(bool allowLoad) noexcept
         {
             continue;
         }
-        void* sym = dlsym(handle, "getPluginRegistry");
-        auto lookup = [handle](char const* name) { return dlsym(handle, name); };
-        if (sym != nullptr && isTensorRTRuntime(sym, lookup))
-        {
-            result.getPluginRegistry = sym;
-            void* logger = dlsym(handle, "getLogger");
-            result.getLogger = objectBase(logger) == objectBase(sym) ? logger : nullptr;
-        }
+        takeSymbolsFrom(handle, result);
         dlclose(handle); // drops the reference RTLD_NOLOAD added; the library stays loaded
         if (result.getPluginRegistry != nullptr)
         {
@@ -142,14 +148,7 @@ TensorRTSymbols findTensorRTSymbolsUncached(bool allowLoad) noexcept
     void* handle = allowLoad ? dlopen("libnvinfer.so." NAVIT_STR(NV_TENSORRT_MAJOR), RTLD_LAZY | RTLD_LOCAL) : nullptr;
     if (handle != nullptr)
     {
-        void* sym = dlsym(handle, "getPluginRegistry");
-        auto lookup = [handle](char const* name) { return dlsym(handle, name); };
-        if (sym != nullptr && isTensorRTRuntime(sym, lookup))
-        {
-            result.getPluginRegistry = sym;
-            void* logger = dlsym(handle, "getLogger");
-            result.getLogger = objectBase(logger) == objectBase(sym) ? logger : nullptr;
-        }
+        takeSymbolsFrom(handle, result);
     }
     return result;
 }
