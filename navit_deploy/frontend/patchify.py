@@ -90,5 +90,6 @@ def prepare_pil(img: Image.Image, cfg: FrontendConfig, size: tuple[int, int] | N
 
 def prepare_image(src: ImageSource, cfg: FrontendConfig, *, channel_order: ChannelOrder = "RGB") -> PreparedImage:
     """Load (EXIF-aware, any mode to RGB), resize to the budget at native aspect, normalize, patchify."""
-    img = load_image(src, channel_order=channel_order, max_image_pixels=cfg.max_image_pixels)
+    img = load_image(src, channel_order=channel_order, max_image_pixels=cfg.max_image_pixels,
+                     draft_to=lambda w, h: target_size(w, h, cfg))
     return prepare_pil(img, cfg)

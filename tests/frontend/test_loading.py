@@ -95,3 +95,25 @@ def test_prepare_image_normalizes_and_counts_tokens():
     assert prepared.patches.shape == (252, 768)
     np.testing.assert_allclose(prepared.patches, 1.0, atol=1e-6)
     assert prepared.coords[-1].tolist() == [11, 20]
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_large_jpegs_decode_at_reduced_scale_with_same_result(tmp_path, orientation):
+    rng = np.random.default_rng(0)
+    base = np.kron(rng.integers(0, 255, (30, 45, 3)), np.ones((100, 100, 1))).astype(np.uint8)  # 3000x4500
+    path = tmp_path / "big.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(base).save(path, quality=95, exif=exif)
+    cfg = FrontendConfig(max_patches=64)
+    from navit_deploy.frontend import target_size
+
+    drafted = load_image(path, draft_to=lambda w, h: target_size(w, h, cfg))
+    full = load_image(path)
+    assert full.size == ((3000, 4500) if orientation == 6 else (4500, 3000))
+    tw, th = target_size(*full.size, cfg)
+    assert 2 * tw <= drafted.size[0] < full.size[0] and 2 * th <= drafted.size[1] < full.size[1]
+    a = prepare_image(path, cfg)  # uses the draft
+    b = prepare_image(full, cfg)  # full decode, same budgeted size
+    assert a.grid == b.grid
+    assert float(np.abs(a.patches - b.patches).mean()) < 0.02  # normalized units ([-1, 1])
