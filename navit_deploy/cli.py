@@ -12,16 +12,9 @@ from navit_deploy.errors import NavitError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="navit", description="NaViT: native-aspect ViT deployment toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
-    from navit_deploy.commands import core
+    from navit_deploy.commands import bench_cmds, compile_cmds, core, deploy_cmds, quantize_cmds
 
-    core.add_parsers(sub)
-    for name in ("deploy_cmds", "quantize_cmds", "compile_cmds", "bench_cmds"):  # areas added as they land
-        try:
-            module = __import__(f"navit_deploy.commands.{name}", fromlist=["add_parsers"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"navit_deploy.commands.{name}":
-                raise
-            continue
+    for module in (core, deploy_cmds, quantize_cmds, compile_cmds, bench_cmds):
         module.add_parsers(sub)
     return parser
 

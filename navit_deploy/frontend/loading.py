@@ -45,9 +45,12 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
         lo, hi = float(arr.min()), float(arr.max())
         # High-bit-depth scans: map the full range of the data type to 8 bits, not the data's own range,
         # so that a dark image stays dark.
-        top = 65535.0 if mode.startswith("I;16") else max(hi, 1.0) if mode == "I" else max(hi, 1.0)
-        if mode == "F" and hi <= 1.0 and lo >= 0.0:
+        if mode.startswith("I;16"):
+            top = 65535.0
+        elif mode == "F" and 0.0 <= lo and hi <= 1.0:
             top = 1.0
+        else:
+            top = max(hi, 1.0)
         arr8 = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr8, mode="L").convert("RGB")
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):

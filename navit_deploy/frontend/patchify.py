@@ -69,13 +69,10 @@ def normalize(img: Image.Image, cfg: FrontendConfig) -> np.ndarray:
     return arr / scale - shift
 
 
-def prepare_pil(img: Image.Image, cfg: FrontendConfig, size: tuple[int, int] | None = None) -> PreparedImage:
-    """Budgeted native-aspect resize, normalize and patchify an RGB PIL image.
-
-    ``size`` overrides the budget (used for square-resize baselines and fixed-size training).
-    """
+def prepare_pil(img: Image.Image, cfg: FrontendConfig) -> PreparedImage:
+    """Budgeted native-aspect (or, with ``cfg.square_grid``, square) resize, normalize and patchify an RGB PIL image."""
     width, height = img.size
-    tw, th = size if size is not None else target_size(width, height, cfg)
+    tw, th = target_size(width, height, cfg)
     resized = resize_to(img, (tw, th), cfg)
     pixels = normalize(resized, cfg)
     gh, gw = th // cfg.patch_size, tw // cfg.patch_size

@@ -17,8 +17,7 @@ from navit_deploy.model.attention import get_attention
 
 def segment_onehot(segment_ids: torch.Tensor, num_segments: torch.Tensor | int) -> torch.Tensor:
     """``[T, B]`` bool: token t belongs to image b. Padding (``-1``) belongs to none."""
-    ids = torch.arange(num_segments, device=segment_ids.device, dtype=segment_ids.dtype) if isinstance(num_segments, int) \
-        else torch.arange(0, num_segments, device=segment_ids.device, dtype=segment_ids.dtype)
+    ids = torch.arange(num_segments, device=segment_ids.device, dtype=segment_ids.dtype)
     return segment_ids.unsqueeze(1) == ids.unsqueeze(0)
 
 
