@@ -1,4 +1,4 @@
-"""Resize at native aspect ratio, normalize and cut into patches. Torch-free (numpy + Pillow)."""
+"""Resize at native aspect ratio, cut into patches (uint8) and normalize them. Torch-free (numpy + Pillow)."""
 
 from __future__ import annotations
 
@@ -59,14 +59,29 @@ def resize_to(img: Image.Image, size: tuple[int, int], cfg: FrontendConfig) -> I
     return img.resize(size, _RESAMPLE[cfg.resample], reducing_gap=3.0)
 
 
-def normalize(img: Image.Image, cfg: FrontendConfig) -> np.ndarray:
-    """uint8 RGB -> float32 ``[H, W, C]`` scaled to [0, 1] then standardized with the config's mean/std."""
-    arr = np.asarray(img, dtype=np.float32)
+def to_pixels(img: Image.Image, cfg: FrontendConfig) -> np.ndarray:
+    """RGB PIL image -> ``[H, W, C]`` with the config's channel count: uint8 RGB, or the float32 mean of
+    R, G and B for one channel."""
+    arr = np.asarray(img)
     if cfg.channels == 1:
-        arr = arr.mean(axis=2, keepdims=True)
-    scale = np.asarray(cfg.std, dtype=np.float32) * 255.0
-    shift = np.asarray(cfg.mean, dtype=np.float32) / np.asarray(cfg.std, dtype=np.float32)
-    return arr / scale - shift
+        return arr.mean(axis=2, keepdims=True, dtype=np.float32)
+    return arr
+
+
+def normalize_patches(patches: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
+    """uint8 patches ``[n, C*p*p]`` -> float32 scaled to [0, 1] then standardized with the config's mean/std.
+
+    Done on the patch matrix (one cast and two in-place passes with per-column constants) rather than on
+    the image: the same arithmetic as ``(x / 255 - mean) / std``, without the float temporaries of the
+    whole image.
+    """
+    pp = cfg.patch_size * cfg.patch_size
+    scale = np.repeat(1.0 / (np.asarray(cfg.std, dtype=np.float32) * 255.0), pp).astype(np.float32)
+    shift = np.repeat(np.asarray(cfg.mean, dtype=np.float32) / np.asarray(cfg.std, dtype=np.float32), pp)
+    out = patches.astype(np.float32)
+    out *= scale
+    out -= shift.astype(np.float32)
+    return out
 
 
 def prepare_pil(img: Image.Image, cfg: FrontendConfig) -> PreparedImage:
@@ -74,10 +89,9 @@ def prepare_pil(img: Image.Image, cfg: FrontendConfig) -> PreparedImage:
     width, height = img.size
     tw, th = target_size(width, height, cfg)
     resized = resize_to(img, (tw, th), cfg)
-    pixels = normalize(resized, cfg)
     gh, gw = th // cfg.patch_size, tw // cfg.patch_size
     return PreparedImage(
-        patches=patchify(pixels, cfg.patch_size),
+        patches=normalize_patches(patchify(to_pixels(resized, cfg), cfg.patch_size), cfg),
         coords=grid_coords(gh, gw),
         grid=(gh, gw),
         resized_size=(tw, th),

@@ -117,3 +117,20 @@ def test_large_jpegs_decode_at_reduced_scale_with_same_result(tmp_path, orientat
     b = prepare_image(full, cfg)  # full decode, same budgeted size
     assert a.grid == b.grid
     assert float(np.abs(a.patches - b.patches).mean()) < 0.02  # normalized units ([-1, 1])
+
+
+@pytest.mark.parametrize("channels,patch", [(3, 16), (3, 14), (1, 16), (1, 8)])
+def test_patch_normalization_matches_image_normalization(channels, patch):
+    """Normalizing uint8 patches equals the textbook ``(x / 255 - mean) / std`` on the image, then patchify."""
+    from navit_deploy.frontend.patchify import normalize_patches, to_pixels
+
+    rng = np.random.default_rng(channels * 100 + patch)
+    img = Image.fromarray(rng.integers(0, 256, (3 * patch, 5 * patch, 3), dtype=np.uint8))
+    mean, std = (0.48, 0.46, 0.41)[:channels], (0.27, 0.26, 0.28)[:channels]
+    cfg = FrontendConfig(patch_size=patch, channels=channels, mean=mean, std=std)
+    rgb = np.asarray(img, dtype=np.float64)
+    x = rgb.mean(axis=2, keepdims=True) if channels == 1 else rgb
+    reference = patchify((x / 255.0 - np.asarray(mean)) / np.asarray(std), patch)
+    got = normalize_patches(patchify(to_pixels(img, cfg), patch), cfg)
+    assert got.dtype == np.float32 and got.shape == (15, channels * patch * patch)
+    np.testing.assert_allclose(got, reference, atol=2e-6)
