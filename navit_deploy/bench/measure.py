@@ -18,11 +18,10 @@ from PIL import Image, ImageOps
 
 from navit_deploy.bench.anyres import anyres_tokens, square_grid_for
 from navit_deploy.packing.policy import BucketedPacker, describe_packer, recommended_packing
-from navit_deploy.frontend import FrontendConfig, PreparedImage, grid_coords, load_image, patchify, target_size
-from navit_deploy.frontend.patchify import normalize, resize_to
+from navit_deploy.frontend import FrontendConfig, grid_coords, load_image, patchify, target_size
+from navit_deploy.frontend.patchify import normalize_patches, resize_to, to_pixels
 from navit_deploy.packing import Packer
 from navit_deploy.runtime.pipeline import Pipeline
-from navit_deploy.runtime.results import ImageResult
 from navit_deploy.runtime.runner import Runner
 
 STRATEGIES = ("packed", "packed-fixed", "padded", "square", "single", "anyres")
@@ -121,17 +120,23 @@ def peak_rss_mb() -> float:
 
 @dataclass
 class RunTiming:
-    """One end-to-end pass over a workload."""
+    """One end-to-end pass over a workload, as :class:`PipelineStats` recorded it."""
 
     wall_s: float
-    host_s: float  # front end (thread pool) + packing
-    prepare_s: float
-    pack_s: float
+    host_s: float  # wall time in which the model was not running: front end, packing, waiting (exposed host)
+    prepare_s: float  # of which: waiting for the front end
+    pack_s: float  # of which: packing
     model_s: float
+    frontend_cpu_s: float  # CPU seconds in the front end, all threads (overlapped with the model or not)
+    cpu_s: float  # CPU seconds of the process during the pass
     pack_ms: list[float]
     request_ms: list[float]  # per image: from submission of the batch to its result
     packs: list[tuple[int, list[int]]]  # (pack_len, seqlens) of every pack
     failed: int
+
+    @property
+    def host_cpu_fraction(self) -> float:
+        return self.frontend_cpu_s / self.cpu_s if self.cpu_s > 0 else 0.0
 
 
 @dataclass
@@ -145,26 +150,11 @@ class Measurement:
 
 
 def run_once(pipe: Pipeline, sources: Sequence[Any]) -> RunTiming:
-    """``Pipeline.run`` with timers: front end, packing, every pack's model call, each image's completion."""
-    t0 = time.perf_counter()
-    prepared = pipe._prepare_many(list(sources))  # the runtime's own thread-pool front end
-    t1 = time.perf_counter()
-    good: dict[int, PreparedImage] = {i: r for i, r in enumerate(prepared) if not isinstance(r, ImageResult)}
-    order = list(good)
-    packs = pipe.packer.pack([good[i] for i in order], order) if good else []
-    t2 = time.perf_counter()
-    names = {i: "" for i in good}
-    pack_ms, done = [], {}
-    for pack in packs:
-        s = time.perf_counter()
-        pipe.run_pack(pack, good, names)
-        e = time.perf_counter()
-        pack_ms.append(1000 * (e - s))
-        for idx in pack.image_index.tolist():
-            done[idx] = 1000 * (e - t0)
-    t3 = time.perf_counter()
-    return RunTiming(t3 - t0, t2 - t0, t1 - t0, t2 - t1, t3 - t2, pack_ms, [done[i] for i in sorted(done)],
-                     [(p.pack_len, p.seqlens.tolist()) for p in packs], len(sources) - len(good))
+    """One ``Pipeline.run`` (the runtime's own overlapped front end, packer and runner) and its timers."""
+    pipe.run(list(sources))
+    st = pipe.stats
+    return RunTiming(st.wall_s, st.wall_s - st.model_s, st.wait_s, st.pack_s, st.model_s, st.frontend_cpu_s, st.cpu_s,
+                     list(st.pack_ms), [st.done_ms[i] for i in sorted(st.done_ms)], list(st.pack_shapes), st.failed)
 
 
 def measure_plans(runner: Runner, plans: Sequence[Plan], sources: Sequence[Any], repeats: int = 3,
@@ -201,14 +191,14 @@ def host_breakdown(sources: Sequence[Any], frontend: FrontendConfig, limit: int 
                    draft_factors: Sequence[int] = (1, 2)) -> dict[str, Any]:
     """Where front-end time goes, one image at a time on one thread: decode, EXIF orientation + mode
     conversion (``ImageOps.exif_transpose`` copies the whole image even when there is nothing to rotate),
-    resize, normalize, patchify.
+    resize, patchify (uint8), normalize (on the patch matrix).
 
     For JPEG inputs it also times *draft* decoding: libjpeg scales by 1/2, 1/4 or 1/8 while decoding
     (``Image.draft``) to the smallest size at least ``factor`` x the target, then the usual antialiased
     resize; factor 2 is what ``PIL.Image.thumbnail`` does by default. The runtime could do this for
     large JPEGs that are downscaled anyway.
     """
-    stages = {"decode": 0.0, "orient_copy": 0.0, "resize": 0.0, "normalize": 0.0, "patchify": 0.0}
+    stages = {"decode": 0.0, "orient_copy": 0.0, "resize": 0.0, "patchify": 0.0, "normalize": 0.0}
     draft = {f: [0.0, 0.0, 0] for f in draft_factors}
     full_jpeg = 0.0
     n = 0
@@ -234,10 +224,10 @@ def host_breakdown(sources: Sequence[Any], frontend: FrontendConfig, limit: int 
             tw, th = target_size(img.size[0], img.size[1], frontend)
             resized = resize_to(img, (tw, th), frontend)
             t2 = time.perf_counter()
-            pixels = normalize(resized, frontend)
-            t3 = time.perf_counter()
-            patchify(pixels, frontend.patch_size)
+            patches = patchify(to_pixels(resized, frontend), frontend.patch_size)
             grid_coords(th // frontend.patch_size, tw // frontend.patch_size)
+            t3 = time.perf_counter()
+            normalize_patches(patches, frontend)
             t4 = time.perf_counter()
         except Exception:  # noqa: BLE001, S112 - a bad image is the pipeline's business, not the breakdown's
             continue

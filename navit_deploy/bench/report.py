@@ -98,14 +98,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                    f"service time {s['service_ms_mean']} ms/frame (sustainable ~{s['sustainable_fps']} FPS).")]
     if report.get("host_breakdown"):
         lines += ["", "## Host preprocessing breakdown (one thread, ms/image)", "",
-                  ("| workload | decode | EXIF orient + copy | resize | normalize | patchify | dominant "
+                  ("| workload | decode | EXIF orient + copy | resize | patchify | normalize | dominant "
                   "| JPEG draft decode+resize speed-up (x1 / x2 target) |"),
                   "|---|---|---|---|---|---|---|---|"]
         for wl, b in report["host_breakdown"].items():
             ms = b["ms_per_image"]
             d = b.get("jpeg_draft", {})
             sp = " / ".join(f"{v['decode_resize_speedup']}x" for v in d.values()) or "-"
-            lines.append(f"| {wl} | {ms['decode']} | {ms['orient_copy']} | {ms['resize']} | {ms['normalize']} | {ms['patchify']} | "
+            lines.append(f"| {wl} | {ms['decode']} | {ms['orient_copy']} | {ms['resize']} | {ms['patchify']} | {ms['normalize']} | "
                          f"{b['dominant']} | {sp} |")
     if report.get("skipped"):
         lines += ["", "## Skipped", ""]

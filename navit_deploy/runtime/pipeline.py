@@ -2,12 +2,22 @@
 
 Bad images (undecodable, too large, impossible budget) become error results for that image alone;
 every other image of the call is still processed and returned in the caller's order.
+
+:meth:`Pipeline.run` overlaps the host with the model: the front end (decode, resize, patchify) runs in a
+thread pool over *windows* of consecutive images while the calling thread packs and runs the windows
+already prepared. Pillow, numpy and the runners release the GIL, so on a GPU the host work hides behind
+the device, and on a CPU the front end fills the cores the model leaves idle.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from concurrent.futures import ThreadPoolExecutor
+import resource
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
@@ -23,19 +33,53 @@ def _default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+_CPU_LOCK = threading.Lock()
+
+
+def _process_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 @dataclass
 class PipelineStats:
-    """Counters for the last call: packs run, tokens computed (incl. padding) and valid tokens."""
+    """Counters and timers for the last call.
+
+    Tokens: packs run, tokens computed (incl. padding) and valid tokens. Time (seconds, ``run`` only):
+    ``wall_s`` for the call; ``model_s`` inside ``runner.infer``; ``wait_s`` waiting for the front end
+    and ``pack_s`` packing, both on the calling thread; ``frontend_cpu_s`` CPU time spent in the front end
+    on all its threads; ``cpu_s`` CPU time of the whole process. ``pack_ms`` is each pack's model call and
+    ``done_ms`` each image's completion time from the start of the call, by input index.
+    """
 
     packs: int = 0
     computed_tokens: int = 0
     valid_tokens: int = 0
     images: int = 0
     failed: int = 0
+    wall_s: float = 0.0
+    model_s: float = 0.0
+    wait_s: float = 0.0
+    pack_s: float = 0.0
+    frontend_cpu_s: float = 0.0
+    cpu_s: float = 0.0
+    pack_ms: list[float] = field(default_factory=list)
+    pack_shapes: list[tuple[int, list[int]]] = field(default_factory=list)  # (pack_len, seqlens) per pack
+    done_ms: dict[int, float] = field(default_factory=dict)
 
     @property
     def padding_fraction(self) -> float:
         return 0.0 if not self.computed_tokens else 1.0 - self.valid_tokens / self.computed_tokens
+
+    @property
+    def host_exposed_fraction(self) -> float:
+        """Share of the call's wall time in which the model was not running (the host on the critical path)."""
+        return 0.0 if self.wall_s <= 0 else max(0.0, 1.0 - self.model_s / self.wall_s)
+
+    @property
+    def frontend_cpu_fraction(self) -> float:
+        """Share of the process's CPU time spent in the front end (the host's share of the work)."""
+        return 0.0 if self.cpu_s <= 0 else min(1.0, self.frontend_cpu_s / self.cpu_s)
 
 
 @dataclass
@@ -43,7 +87,11 @@ class Pipeline:
     """Runs images through a runner at their native aspect ratio.
 
     ``channel_order`` applies to numpy frames ("BGR" for OpenCV). ``packer`` sets the pack length per
-    backend (e.g. smaller packs for the dense attention lowering on CPU).
+    backend (e.g. smaller packs for the dense attention lowering on CPU). ``workers`` front-end threads
+    prepare windows of consecutive images, at most ``prefetch`` windows ahead of the model; windows ramp
+    up to ``window`` images (default: a quarter of the call, 8 to 64). The packer packs each window on
+    its own (first-fit-decreasing within it), so larger windows pack tighter and smaller ones start the
+    model sooner.
     """
 
     runner: Runner
@@ -51,30 +99,77 @@ class Pipeline:
     packer: Packer = field(default_factory=Packer)
     channel_order: ChannelOrder = "RGB"
     workers: int = field(default_factory=_default_workers)
+    window: int | None = None
+    prefetch: int = 2
     stats: PipelineStats = field(default_factory=PipelineStats)
 
     def prepare(self, index: int, src: ImageSource) -> PreparedImage | ImageResult:
         """Front end for one image; an error result instead of an exception for a bad image."""
         name = describe_source(src)
+        cpu0 = time.thread_time()
         try:
             prepared = prepare_image(src, self.frontend, channel_order=self.channel_order)
         except ImageError as exc:
             return ImageResult(index, name, error=str(exc), error_type=type(exc).__name__)
+        finally:
+            with _CPU_LOCK:
+                self.stats.frontend_cpu_s += time.thread_time() - cpu0
         if prepared.num_tokens > self.packer.pack_len:
             return ImageResult(index, name, error=f"{name}: {prepared.num_tokens} tokens exceed the pack length "
                                f"{self.packer.pack_len}; lower the budget or raise the pack length",
                                error_type="BudgetError")
         return prepared
 
-    def _prepare_many(self, sources: Sequence[ImageSource]) -> list[PreparedImage | ImageResult]:
-        if self.workers <= 1 or len(sources) <= 1:
-            return [self.prepare(i, s) for i, s in enumerate(sources)]
+    def window_bounds(self, n: int) -> list[tuple[int, int]]:
+        """``[start, end)`` of each front-end window for a call of ``n`` images.
+
+        Windows ramp up (``workers`` images, then doubling) to ``window`` images, so the model starts as
+        soon as the first few images are ready and later windows still pack well.
+        """
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+        full = self.window if self.window is not None else max(8, min(64, math.ceil(n / 4)))
+        bounds, a, size = [], 0, min(full, max(1, self.workers))
+        while a < n:
+            bounds.append((a, min(n, a + size)))
+            a += size
+            size = min(full, 2 * size)
+        return bounds
+
+    def _prepared_windows(self, sources: Sequence[ImageSource]) -> Iterator[list[tuple[int, PreparedImage | ImageResult]]]:
+        """Windows of prepared images (or error results), in input order, prepared ahead by the pool."""
+        bounds = self.window_bounds(len(sources))
+        if len(sources) <= 1 or self.workers < 1:
+            for a, b in bounds:
+                yield [(i, self.prepare(i, sources[i])) for i in range(a, b)]
+            return
         with ThreadPoolExecutor(self.workers) as pool:
-            return list(pool.map(self.prepare, range(len(sources)), sources))
+            pending: deque[list[tuple[int, Future]]] = deque()
+            todo = iter(bounds)
+
+            def submit_next() -> None:
+                ab = next(todo, None)
+                if ab is not None:
+                    pending.append([(i, pool.submit(self.prepare, i, sources[i])) for i in range(*ab)])
+
+            for _ in range(1 + max(0, self.prefetch)):
+                submit_next()
+            while pending:
+                window = pending.popleft()
+                t = time.perf_counter()
+                ready = [(i, f.result()) for i, f in window]
+                self.stats.wait_s += time.perf_counter() - t
+                submit_next()
+                yield ready
 
     def run_pack(self, pack: PackedBatch, prepared: dict[int, PreparedImage], names: dict[int, str]) -> list[ImageResult]:
         """Infer one pack and unpack its rows into results keyed by the caller's indices."""
+        t = time.perf_counter()
         out = self.runner.infer(pack)
+        dt = time.perf_counter() - t
+        self.stats.model_s += dt
+        self.stats.pack_ms.append(1000 * dt)
+        self.stats.pack_shapes.append((pack.pack_len, pack.seqlens.tolist()))
         self.stats.packs += 1
         self.stats.computed_tokens += pack.pack_len
         self.stats.valid_tokens += pack.num_valid
@@ -87,23 +182,33 @@ class Pipeline:
         return results
 
     def run(self, sources: Sequence[ImageSource]) -> list[ImageResult]:
-        """Process ``sources`` (paths, bytes, PIL images, numpy frames); one result per input, in order."""
+        """Process ``sources`` (paths, bytes, PIL images, numpy frames); one result per input, in order.
+
+        Fills :attr:`stats` with token counts and timers for this call.
+        """
         self.stats = PipelineStats(images=len(sources))
-        prepared_or_err = self._prepare_many(sources)
+        t0, cpu0 = time.perf_counter(), _process_cpu_s()
         names = {i: describe_source(s) for i, s in enumerate(sources)}
         results: list[ImageResult | None] = [None] * len(sources)
-        good: dict[int, PreparedImage] = {}
-        for i, r in enumerate(prepared_or_err):
-            if isinstance(r, ImageResult):
-                results[i] = r
-                self.stats.failed += 1
-            else:
-                good[i] = r
-        if good:
-            order = list(good)
-            for pack in self.packer.pack([good[i] for i in order], order):
+        for window in self._prepared_windows(sources):
+            good: dict[int, PreparedImage] = {}
+            for i, r in window:
+                if isinstance(r, ImageResult):
+                    results[i] = r
+                    self.stats.failed += 1
+                else:
+                    good[i] = r
+            if not good:
+                continue
+            t = time.perf_counter()
+            packs = self.packer.pack(list(good.values()), list(good))
+            self.stats.pack_s += time.perf_counter() - t
+            for pack in packs:
                 for res in self.run_pack(pack, good, names):
                     results[res.index] = res
+                    self.stats.done_ms[res.index] = 1000 * (time.perf_counter() - t0)
+        self.stats.wall_s = time.perf_counter() - t0
+        self.stats.cpu_s = _process_cpu_s() - cpu0
         return [r for r in results if r is not None]
 
     def stream(self, sources: Iterable[ImageSource], buffer: int = 16, min_fill: float = 0.9) -> Iterator[ImageResult]:

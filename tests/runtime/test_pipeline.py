@@ -133,3 +133,45 @@ def test_result_json_has_what_users_read(runner):
     assert set(d) >= {"path", "top_k", "embedding_norm", "tokens", "resized_size"}
     assert len(d["top_k"]) == 2 and d["top_k"][0]["score"] >= d["top_k"][1]["score"]
     json.dumps(d)
+
+
+@pytest.mark.parametrize("n,workers,window", [(1, 2, None), (7, 1, None), (64, 2, None), (64, 4, 8), (100, 2, 3),
+                                              (5, 0, 2)])
+def test_windows_ramp_up_and_cover_every_image_once(runner, n, workers, window):
+    pipe = Pipeline(runner, runner.artifact.frontend, workers=workers, window=window)
+    bounds = pipe.window_bounds(n)
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a == prev_b for (a, _), (_, prev_b) in zip(bounds[1:], bounds[:-1]))
+    sizes = [b - a for a, b in bounds]
+    full = window if window is not None else max(8, min(64, -(-n // 4)))
+    assert max(sizes) <= full
+    assert sizes[0] <= max(1, workers)  # the model starts after the first few images, not a whole window
+    assert all(s2 >= s1 for s1, s2 in zip(sizes[:-2], sizes[1:-1]))  # non-decreasing but for the remainder
+
+
+@pytest.mark.parametrize("workers,window,prefetch", [(0, None, 2), (1, 1, 0), (2, 3, 1), (3, None, 4)])
+def test_overlapped_run_matches_one_image_at_a_time(runner, tmp_path, workers, window, prefetch):
+    imgs = _images(11, seed=3)
+    (tmp_path / "junk.jpg").write_bytes(b"not an image")
+    sources = imgs[:4] + [str(tmp_path / "junk.jpg")] + imgs[4:]
+    fe = runner.artifact.frontend
+    pipe = Pipeline(runner, fe, Packer(512, 64), workers=workers, window=window, prefetch=prefetch)
+    results = pipe.run(sources)
+    assert [r.index for r in results] == list(range(len(sources)))
+    assert not results[4].ok and results[4].error_type == "ImageDecodeError"
+    reference = [Pipeline(runner, fe, Packer(512, 1), workers=0).run([img])[0] for img in imgs]
+    for r, ref in zip(results[:4] + results[5:], reference):
+        assert r.ok
+        np.testing.assert_allclose(r.embedding, ref.embedding, atol=1e-5)
+    st = pipe.stats
+    assert st.failed == 1 and st.images == len(sources)
+    assert len(st.pack_ms) == st.packs == len(st.pack_shapes)
+    assert sorted(st.done_ms) == [i for i in range(len(sources)) if i != 4]
+    assert 0 < st.model_s <= st.wall_s and 0 <= st.wait_s + st.pack_s <= st.wall_s
+    assert st.frontend_cpu_s > 0 and 0 <= st.host_exposed_fraction <= 1 and 0 < st.frontend_cpu_fraction <= 1
+    assert sum(sum(s) for _, s in st.pack_shapes) == st.valid_tokens == sum(r.tokens for r in results if r.ok)
+
+
+def test_window_must_be_positive(runner):
+    with pytest.raises(ValueError, match="window"):
+        Pipeline(runner, runner.artifact.frontend, window=0).run(_images(2))
