@@ -124,8 +124,8 @@ class RunTiming:
 
     wall_s: float
     host_s: float  # wall time in which the model was not running: front end, packing, waiting (exposed host)
-    prepare_s: float  # of which: waiting for the front end
-    pack_s: float  # of which: packing
+    prepare_s: float  # of which: waiting for the front end and packer
+    pack_s: float  # packing (on its own thread when overlapped, so not necessarily in host_s)
     model_s: float
     frontend_cpu_s: float  # CPU seconds in the front end, all threads (overlapped with the model or not)
     cpu_s: float  # CPU seconds of the process during the pass

@@ -6,7 +6,8 @@ every other image of the call is still processed and returned in the caller's or
 :meth:`Pipeline.run` overlaps the host with the model: the front end (decode, resize, patchify) runs in a
 thread pool over *windows* of consecutive images while the calling thread packs and runs the windows
 already prepared. Pillow, numpy and the runners release the GIL, so on a GPU the host work hides behind
-the device, and on a CPU the front end fills the cores the model leaves idle.
+the device, and on a CPU the front end fills the cores the model leaves idle. Packing runs on its own
+thread too, so the calling thread only waits when the model outruns the front end.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ class PipelineStats:
     """Counters and timers for the last call.
 
     Tokens: packs run, tokens computed (incl. padding) and valid tokens. Time (seconds, ``run`` only):
-    ``wall_s`` for the call; ``model_s`` inside ``runner.infer``; ``wait_s`` waiting for the front end
-    and ``pack_s`` packing, both on the calling thread; ``frontend_cpu_s`` CPU time spent in the front end
+    ``wall_s`` for the call; ``model_s`` inside ``runner.infer``; ``wait_s`` the calling thread waiting
+    for the front end and packer; ``pack_s`` packing (on the packing thread when overlapped); ``frontend_cpu_s`` CPU time spent in the front end
     on all its threads; ``cpu_s`` CPU time of the whole process. ``pack_ms`` is each pack's model call and
     ``done_ms`` each image's completion time from the start of the call, by input index.
     """
@@ -80,6 +81,15 @@ class PipelineStats:
     def frontend_cpu_fraction(self) -> float:
         """Share of the process's CPU time spent in the front end (the host's share of the work)."""
         return 0.0 if self.cpu_s <= 0 else min(1.0, self.frontend_cpu_s / self.cpu_s)
+
+
+@dataclass
+class _Window:
+    """Consecutive inputs after the front end: their error results, good images and packs."""
+
+    failed: list[ImageResult] = field(default_factory=list)
+    good: dict[int, PreparedImage] = field(default_factory=dict)
+    packs: list[PackedBatch] = field(default_factory=list)
 
 
 @dataclass
@@ -136,31 +146,47 @@ class Pipeline:
             size = min(full, 2 * size)
         return bounds
 
-    def _prepared_windows(self, sources: Sequence[ImageSource]) -> Iterator[list[tuple[int, PreparedImage | ImageResult]]]:
-        """Windows of prepared images (or error results), in input order, prepared ahead by the pool."""
+    def _pack_window(self, items: list[tuple[int, PreparedImage | ImageResult]]) -> _Window:
+        """Split a prepared window into error results and good images, and pack the good ones."""
+        t = time.perf_counter()
+        window = _Window()
+        for i, r in items:
+            if isinstance(r, ImageResult):
+                window.failed.append(r)
+            else:
+                window.good[i] = r
+        if window.good:
+            window.packs = self.packer.pack(list(window.good.values()), list(window.good))
+        self.stats.pack_s += time.perf_counter() - t
+        return window
+
+    def _windows(self, sources: Sequence[ImageSource]) -> Iterator[_Window]:
+        """Packed windows in input order. With workers, the pool prepares up to ``prefetch`` windows ahead
+        and one more thread packs each window as soon as it is prepared, both off the calling thread."""
         bounds = self.window_bounds(len(sources))
         if len(sources) <= 1 or self.workers < 1:
             for a, b in bounds:
-                yield [(i, self.prepare(i, sources[i])) for i in range(a, b)]
+                yield self._pack_window([(i, self.prepare(i, sources[i])) for i in range(a, b)])
             return
-        with ThreadPoolExecutor(self.workers) as pool:
-            pending: deque[list[tuple[int, Future]]] = deque()
+        with ThreadPoolExecutor(self.workers) as pool, ThreadPoolExecutor(1) as packing:
+            pending: deque[Future] = deque()
             todo = iter(bounds)
 
             def submit_next() -> None:
                 ab = next(todo, None)
                 if ab is not None:
-                    pending.append([(i, pool.submit(self.prepare, i, sources[i])) for i in range(*ab)])
+                    futures = [(i, pool.submit(self.prepare, i, sources[i])) for i in range(*ab)]
+                    pending.append(packing.submit(lambda fs: self._pack_window([(i, f.result()) for i, f in fs]),
+                                                  futures))
 
             for _ in range(1 + max(0, self.prefetch)):
                 submit_next()
             while pending:
-                window = pending.popleft()
                 t = time.perf_counter()
-                ready = [(i, f.result()) for i, f in window]
+                window = pending.popleft().result()
                 self.stats.wait_s += time.perf_counter() - t
                 submit_next()
-                yield ready
+                yield window
 
     def run_pack(self, pack: PackedBatch, prepared: dict[int, PreparedImage], names: dict[int, str]) -> list[ImageResult]:
         """Infer one pack and unpack its rows into results keyed by the caller's indices."""
@@ -190,21 +216,12 @@ class Pipeline:
         t0, cpu0 = time.perf_counter(), _process_cpu_s()
         names = {i: describe_source(s) for i, s in enumerate(sources)}
         results: list[ImageResult | None] = [None] * len(sources)
-        for window in self._prepared_windows(sources):
-            good: dict[int, PreparedImage] = {}
-            for i, r in window:
-                if isinstance(r, ImageResult):
-                    results[i] = r
-                    self.stats.failed += 1
-                else:
-                    good[i] = r
-            if not good:
-                continue
-            t = time.perf_counter()
-            packs = self.packer.pack(list(good.values()), list(good))
-            self.stats.pack_s += time.perf_counter() - t
-            for pack in packs:
-                for res in self.run_pack(pack, good, names):
+        for window in self._windows(sources):
+            for r in window.failed:
+                results[r.index] = r
+                self.stats.failed += 1
+            for pack in window.packs:
+                for res in self.run_pack(pack, window.good, names):
                     results[res.index] = res
                     self.stats.done_ms[res.index] = 1000 * (time.perf_counter() - t0)
         self.stats.wall_s = time.perf_counter() - t0
