@@ -34,7 +34,7 @@ class Lowering:
 
 LOWERINGS: dict[str, Lowering] = {
     "dense": Lowering("dense", "standard ONNX ops; block-diagonal mask built in the graph from segment ids",
-                      "dense", None, ("cpu", "cuda"), "TensorRT 10.x/11.x, no plugin"),
+                      "dense-bias", None, ("cpu", "cuda"), "TensorRT 10.x/11.x, no plugin"),
     "trt-plugin": Lowering("trt-plugin", f"one {PLUGIN_OP} node per layer (our IPluginV3, packed Q/K/V + cu_seqlens)",
                            "packed-op", (PLUGIN_DOMAIN, PLUGIN_OP), (), "TensorRT 10.x/11.x with libnavit_packed_attention_plugin.so",
                            {PLUGIN_DOMAIN: 1}),

@@ -61,6 +61,24 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment_i
     return out.squeeze(0).transpose(0, 1)
 
 
+@register_attention("dense-bias")
+def dense_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment_ids: torch.Tensor,
+                         cu_seqlens: torch.Tensor, scale: float) -> torch.Tensor:
+    """The dense mask written out for export: ``softmax(q k^T * scale + bias) v`` with an additive ``0/-inf``
+    bias built from segment ids.
+
+    Same result as :func:`dense_attention`; its ONNX graph is leaner: ``scaled_dot_product_attention``
+    with a boolean mask exports as ``Where`` on the scores plus an ``IsNaN``/``Where`` guard for rows
+    with nothing to attend to, per layer. Here every row attends at least to itself (padding tokens share
+    segment ``-1``), so no guard is needed, and the bias, identical in every layer, is built once by
+    ONNX Runtime's common-subexpression elimination.
+    """
+    mask = block_diagonal_mask(segment_ids)
+    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    scores = torch.matmul(q.transpose(0, 1) * scale, k.permute(1, 2, 0)) + bias  # [H, T, T]
+    return torch.matmul(torch.softmax(scores, dim=-1), v.transpose(0, 1)).transpose(0, 1)
+
+
 @register_attention("segment")
 def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segment_ids: torch.Tensor,
                       cu_seqlens: torch.Tensor, scale: float) -> torch.Tensor:

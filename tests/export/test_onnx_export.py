@@ -53,6 +53,15 @@ def _custom_nodes(path, op_type):
     return [n for n in onnx.load(str(path)).graph.node if n.op_type == op_type]
 
 
+def test_dense_form_has_no_per_layer_mask_guards(exported):
+    """The dense lowering adds one ``0/-inf`` bias per layer: no ``Where`` on the scores of every layer and
+    no NaN guard (what ``scaled_dot_product_attention`` with a boolean mask exports as)."""
+    ops = [n.op_type for n in onnx.load(str(exported("dense"))).graph.node]
+    assert "IsNaN" not in ops
+    assert ops.count("Softmax") == 2 + 1  # two layers and the pooling head
+    assert ops.count("Where") <= 2  # the bias and the pooling head's mask, each built once
+
+
 def test_trt_plugin_node_form(exported):
     nodes = _custom_nodes(exported("trt-plugin"), "NavitPackedAttention")
     assert len(nodes) == 2  # one per layer

@@ -30,7 +30,7 @@ def _run(model: NaViT, pack) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("pos_mode", ["learned", "fractional"])
-@pytest.mark.parametrize("attention", ["dense", "segment"])
+@pytest.mark.parametrize("attention", ["dense", "dense-bias", "segment"])
 def test_packing_invariance(rng, pos_mode, attention):
     """An image's embedding is the same alone, packed with others, and in any order (fp32, <= 1e-5)."""
     model = _model(pos_mode).set_attention(attention)
@@ -56,9 +56,10 @@ def test_padding_does_not_leak(rng):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["dense", "dense-bias"])
 @pytest.mark.parametrize("heads", [1, 2, 4])
 @pytest.mark.parametrize("lengths", [[1], [1, 1, 1], [5, 300, 2], [64, 64, 64, 64]])
-def test_dense_matches_segment_reference(heads, lengths):
+def test_dense_matches_segment_reference(impl, heads, lengths):
     g = torch.Generator().manual_seed(0)
     t, d = sum(lengths) + 3, 16
     q, k, v = (torch.randn(t, heads, d, generator=g) for _ in range(3))
@@ -67,13 +68,14 @@ def test_dense_matches_segment_reference(heads, lengths):
     for b in range(len(lengths)):
         seg[cu[b]:cu[b + 1]] = b
     ref = get_attention("segment")(q, k, v, seg, cu, 0.25)
-    out = get_attention("dense")(q, k, v, seg, cu, 0.25)
+    out = get_attention(impl)(q, k, v, seg, cu, 0.25)
     valid = int(cu[-1])
     torch.testing.assert_close(out[:valid], ref[:valid], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(out).all()  # padding rows attend to padding: no empty softmax rows, no NaN
 
 
 def test_attention_switch_is_validated():
-    assert {"dense", "segment", "varlen"} <= set(available_attention())
+    assert {"dense", "dense-bias", "segment", "varlen"} <= set(available_attention())
     with pytest.raises(ConfigError, match="unknown attention"):
         _model().set_attention("flash-magic")
 
