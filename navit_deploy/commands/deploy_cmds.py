@@ -17,6 +17,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attention", default="dense", help=f"attention lowering: {', '.join(LOWERINGS)}")
     p.add_argument("--pack-len", type=int, default=1024, help="default pack length recorded for the runtime")
     p.add_argument("--max-images", type=int, default=64, help="images per pack recorded for the runtime")
+    p.add_argument("--opset", type=int, default=20,
+                   help="ONNX opset, 17-20 (default 20: one Gelu node; TensorRT >= 10.0 and ONNX Runtime parse it)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("parity", help="compare an exported model (or engine) with PyTorch, image by image")
@@ -54,7 +56,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     digest = weights_hash(resolve_model_dir(args.model) / WEIGHTS_FILE)
     res = export_onnx(model, args.out, lowering=args.attention, weights_sha256=digest, pack_len=args.pack_len,
-                      max_images=args.max_images)
+                      max_images=args.max_images, opset=args.opset)
     print(f"exported {args.model} -> {res.path} ({args.attention}, {res.path.stat().st_size / 1e6:.1f} MB, "
           f"{res.seconds:.1f} s); runs on: {LOWERINGS[args.attention].tensorrt}")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from onnxscript import INT64, opset18 as op
+from onnxscript import INT64, opset20 as op
 from onnxscript.values import Op, Opset
 
 from navit_deploy.export.lowerings import (MS_DOMAIN, PLUGIN_DOMAIN, PLUGIN_NAMESPACE, PLUGIN_OP, PLUGIN_VERSION,

@@ -60,6 +60,32 @@ def test_dense_form_has_no_per_layer_mask_guards(exported):
     assert "IsNaN" not in ops
     assert ops.count("Softmax") == 2 + 1  # two layers and the pooling head
     assert ops.count("Where") <= 2  # the bias and the pooling head's mask, each built once
+    assert ops.count("Gelu") == 2 + 1 and "Tanh" not in ops  # opset 20: one node per GELU
+
+
+@pytest.mark.parametrize("opset", [17, 20])
+def test_opsets_export_the_same_model(tiny_model_dir, tmp_path, opset):
+    """Opset 17 (older consumers) spells GELU out; both match PyTorch."""
+    from navit_deploy.export.onnx_export import export_onnx
+
+    path = export_onnx(load_model(tiny_model_dir), tmp_path / "m.onnx", opset=opset).path
+    model = onnx.load(str(path))
+    assert {o.domain: o.version for o in model.opset_import}[""] == opset
+    assert ("Gelu" in [n.op_type for n in model.graph.node]) == (opset >= 20)
+    imgs = [fake_image(np.random.default_rng(5), *g) for g in PACKS["very_different_sizes"]]
+    pack = build_pack(imgs, list(range(len(imgs))), pack_len=300)
+    with OnnxRunner(path) as runner:
+        out = runner.infer(pack)
+    emb, _ = _torch_outputs(tiny_model_dir, pack)
+    np.testing.assert_allclose(out.embeddings, emb, atol=1e-4)
+
+
+def test_unsupported_opset_is_refused(tiny_model_dir, tmp_path):
+    from navit_deploy.export.onnx_export import export_onnx
+
+    with pytest.raises(ConfigError, match="opset 16 is not supported"):
+        export_onnx(load_model(tiny_model_dir), tmp_path / "m.onnx", opset=16)
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_trt_plugin_node_form(exported):
