@@ -13,9 +13,16 @@ TABLE_COLUMNS = [  # (header, key, format)
     ("tok/img", "computed_tokens_per_image", "{:.0f}"), ("pad", "padding_fraction", "{:.1%}"),
     ("attn x", "attention_waste", "{:.2f}"), ("p50 ms", "p50_ms", "{:.1f}"), ("p99 ms", "p99_ms", "{:.1f}"),
     ("pack p50", "pack_p50_ms", "{:.1f}"), ("host", "host_fraction", "{:.1%}"),
+    ("host cpu", "host_cpu_fraction", "{:.0%}"),
     ("GFLOP/s", "model_gflop_per_s", "{:.1f}"), ("%peak", "fraction_of_peak", "{:.0%}"),
     ("RSS MB", "peak_rss_mb", "{:.0f}"),
 ]
+
+
+COLUMN_NOTES = ("*host*: share of the end-to-end time in which the model was not running (the front end runs in "
+                "threads overlapped with the model, so this is the host on the critical path); *host cpu*: the "
+                "front end's share of the process's CPU time; *attn x*: attention scores computed / the "
+                "per-image ideal; *pack p50*: median model time per pack.")
 
 
 def _fmt(value: Any, fmt: str) -> str:
@@ -50,6 +57,7 @@ def rows_markdown(rows: Sequence[dict[str, Any]]) -> str:
         out.append("| " + " | ".join(_cells(r, cols)) + " |")
     if any(r.get("estimated") for r in rows):
         out += ["", "\\* AnyRes: token count only; images/s estimated from the square strategy's tokens/s."]
+    out += ["", COLUMN_NOTES]
     return "\n".join(out)
 
 

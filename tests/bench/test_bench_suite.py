@@ -39,6 +39,8 @@ def test_rows_have_the_schema(report):
             assert r["p50_ms"] <= r["p99_ms"] and r["failed"] == 0
             assert r["executed_gflop_per_image"] >= r["useful_gflop_per_image"] * 0.999
             assert r["peak_gemm_gflop_per_s"] > 0 and r["peak_rss_mb"] > 0
+            # The front end did work on another thread while the model ran: CPU share and CPU ms are recorded.
+            assert 0 < r["host_cpu_fraction"] <= 1 and r["frontend_cpu_ms_per_image"] > 0
 
 
 def test_rows_are_consistent(report):
