@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
@@ -216,14 +217,16 @@ class Pipeline:
         t0, cpu0 = time.perf_counter(), _process_cpu_s()
         names = {i: describe_source(s) for i, s in enumerate(sources)}
         results: list[ImageResult | None] = [None] * len(sources)
-        for window in self._windows(sources):
-            for r in window.failed:
-                results[r.index] = r
-                self.stats.failed += 1
-            for pack in window.packs:
-                for res in self.run_pack(pack, window.good, names):
-                    results[res.index] = res
-                    self.stats.done_ms[res.index] = 1000 * (time.perf_counter() - t0)
+        # closing(): if the runner raises, the front-end threads are shut down before the error propagates.
+        with closing(self._windows(sources)) as windows:
+            for window in windows:
+                for r in window.failed:
+                    results[r.index] = r
+                    self.stats.failed += 1
+                for pack in window.packs:
+                    for res in self.run_pack(pack, window.good, names):
+                        results[res.index] = res
+                        self.stats.done_ms[res.index] = 1000 * (time.perf_counter() - t0)
         self.stats.wall_s = time.perf_counter() - t0
         self.stats.cpu_s = _process_cpu_s() - cpu0
         return [r for r in results if r is not None]

@@ -175,3 +175,30 @@ def test_overlapped_run_matches_one_image_at_a_time(runner, tmp_path, workers, w
 def test_window_must_be_positive(runner):
     with pytest.raises(ValueError, match="window"):
         Pipeline(runner, runner.artifact.frontend, window=0).run(_images(2))
+
+
+class _FailingRunner:
+    """Wraps a runner; its ``fail_on``-th ``infer`` call raises (a device error in the middle of a call)."""
+
+    def __init__(self, inner, fail_on: int) -> None:
+        self.inner, self.fail_on, self.calls = inner, fail_on, 0
+
+    def infer(self, pack):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise RuntimeError("device lost")
+        return self.inner.infer(pack)
+
+
+def test_runner_error_propagates_and_stops_the_front_end(runner):
+    import threading
+
+    before = threading.active_count()
+    failing = _FailingRunner(runner, fail_on=2)
+    pipe = Pipeline(failing, runner.artifact.frontend, Packer(256, 1), workers=2, window=2)
+    with pytest.raises(RuntimeError, match="device lost"):
+        pipe.run(_images(12, seed=4))
+    assert threading.active_count() == before  # the front-end and packing threads were shut down
+    assert failing.calls == 2
+    ok = Pipeline(runner, runner.artifact.frontend, Packer(256, 1), workers=2, window=2).run(_images(3))
+    assert all(r.ok for r in ok)
