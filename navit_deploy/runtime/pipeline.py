@@ -4,17 +4,16 @@ Bad images (undecodable, too large, impossible budget) become error results for 
 every other image of the call is still processed and returned in the caller's order.
 
 :meth:`Pipeline.run` overlaps the host with the model: the front end (decode, resize, patchify) runs in a
-thread pool over *windows* of consecutive images while the calling thread packs and runs the windows
-already prepared. Pillow, numpy and the runners release the GIL, so on a GPU the host work hides behind
-the device, and on a CPU the front end fills the cores the model leaves idle. Packing runs on its own
-thread too, so the calling thread only waits when the model outruns the front end.
+thread pool over *windows* of consecutive images, one more thread packs each window once it is prepared,
+and the calling thread runs the packs of the windows already done, waiting only when the model outruns
+the front end. Pillow, numpy and the runners release the GIL, so on a GPU the host work hides behind the
+device, and on a CPU the front end fills the cores the model leaves idle.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import resource
 import threading
 import time
 from collections import deque
@@ -38,20 +37,16 @@ def _default_workers() -> int:
 _CPU_LOCK = threading.Lock()
 
 
-def _process_cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 @dataclass
 class PipelineStats:
     """Counters and timers for the last call.
 
     Tokens: packs run, tokens computed (incl. padding) and valid tokens. Time (seconds, ``run`` only):
     ``wall_s`` for the call; ``model_s`` inside ``runner.infer``; ``wait_s`` the calling thread waiting
-    for the front end and packer; ``pack_s`` packing (on the packing thread when overlapped); ``frontend_cpu_s`` CPU time spent in the front end
-    on all its threads; ``cpu_s`` CPU time of the whole process. ``pack_ms`` is each pack's model call and
-    ``done_ms`` each image's completion time from the start of the call, by input index.
+    for the front end and packer; ``pack_s`` packing (on the packing thread when overlapped);
+    ``frontend_cpu_s`` CPU time spent in the front end on all its threads; ``cpu_s`` CPU time of the
+    whole process. ``pack_ms`` is each pack's model call and ``done_ms`` each image's completion time
+    from the start of the call, by input index.
     """
 
     packs: int = 0
@@ -214,7 +209,7 @@ class Pipeline:
         Fills :attr:`stats` with token counts and timers for this call.
         """
         self.stats = PipelineStats(images=len(sources))
-        t0, cpu0 = time.perf_counter(), _process_cpu_s()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         names = {i: describe_source(s) for i, s in enumerate(sources)}
         results: list[ImageResult | None] = [None] * len(sources)
         # closing(): if the runner raises, the front-end threads are shut down before the error propagates.
@@ -228,7 +223,7 @@ class Pipeline:
                         results[res.index] = res
                         self.stats.done_ms[res.index] = 1000 * (time.perf_counter() - t0)
         self.stats.wall_s = time.perf_counter() - t0
-        self.stats.cpu_s = _process_cpu_s() - cpu0
+        self.stats.cpu_s = time.process_time() - cpu0
         return [r for r in results if r is not None]
 
     def stream(self, sources: Iterable[ImageSource], buffer: int = 16, min_fill: float = 0.9) -> Iterator[ImageResult]:
