@@ -128,15 +128,11 @@ class RunTiming:
     pack_s: float  # packing (on its own thread when overlapped, so not necessarily in host_s)
     model_s: float
     frontend_cpu_s: float  # CPU seconds in the front end, all threads (overlapped with the model or not)
-    cpu_s: float  # CPU seconds of the process during the pass
+    host_cpu_fraction: float  # the front end's share of the process's CPU seconds during the pass
     pack_ms: list[float]
     request_ms: list[float]  # per image: from submission of the batch to its result
     packs: list[tuple[int, list[int]]]  # (pack_len, seqlens) of every pack
     failed: int
-
-    @property
-    def host_cpu_fraction(self) -> float:
-        return self.frontend_cpu_s / self.cpu_s if self.cpu_s > 0 else 0.0
 
 
 @dataclass
@@ -153,7 +149,8 @@ def run_once(pipe: Pipeline, sources: Sequence[Any]) -> RunTiming:
     """One ``Pipeline.run`` (the runtime's own overlapped front end, packer and runner) and its timers."""
     pipe.run(list(sources))
     st = pipe.stats
-    return RunTiming(st.wall_s, st.wall_s - st.model_s, st.wait_s, st.pack_s, st.model_s, st.frontend_cpu_s, st.cpu_s,
+    return RunTiming(st.wall_s, st.wall_s - st.model_s, st.wait_s, st.pack_s, st.model_s, st.frontend_cpu_s,
+                     st.frontend_cpu_fraction,
                      list(st.pack_ms), [st.done_ms[i] for i in sorted(st.done_ms)], list(st.pack_shapes), st.failed)
 
 
