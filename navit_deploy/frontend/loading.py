@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
+import threading
 from pathlib import Path
 from typing import Callable, Literal, Union
 
@@ -21,6 +21,11 @@ ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 ChannelOrder = Literal["RGB", "BGR"]
 
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+
+# Pillow's decompression-bomb limit is a module global. Opening an image lifts it for a moment (our own
+# limit applies instead); the lock keeps the pipeline's front-end threads from interleaving the
+# lift and the restore, which would leave Pillow's guard off for the whole process.
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
 def describe_source(src: object) -> str:
@@ -112,15 +117,16 @@ def load_image(
     if draft_to is not None and img.format == "JPEG":
         _draft(img, draft_to)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img.load()
-            # exif_transpose copies the whole image even when there is nothing to rotate: skip that case.
-            if img.getexif().get(0x0112, 1) != 1:
-                img = ImageOps.exif_transpose(img)
+        # No warnings.catch_warnings() here: it swaps the process-wide filter list and is not thread-safe
+        # (the front end runs in threads). The size was checked from the header above; a frame that
+        # Pillow still finds too large while decoding raises DecompressionBombError.
+        img.load()
+        # exif_transpose copies the whole image even when there is nothing to rotate: skip that case.
+        if img.getexif().get(0x0112, 1) != 1:
+            img = ImageOps.exif_transpose(img)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{name}: {exc}") from exc
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ImageDecodeError(f"{name}: corrupt or truncated image data ({exc})") from exc
     if img.size[0] == 0 or img.size[1] == 0:
         raise ImageDecodeError(f"{name}: image has zero size {img.size}")
@@ -141,17 +147,19 @@ def _open(src: Union[str, os.PathLike, bytes], name: str, max_image_pixels: int)
         if path.stat().st_size == 0:
             raise ImageDecodeError(f"{name}: empty file")
         fp = io.BytesIO(path.read_bytes())
-    old_limit = Image.MAX_IMAGE_PIXELS
-    try:
-        # Our own limit is checked below; PIL's is lifted so its error does not pre-empt ours.
-        Image.MAX_IMAGE_PIXELS = None
-        return Image.open(fp)  # lazy: reads the header only
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(f"{name}: not a recognised image format") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageDecodeError(f"{name}: cannot read image header ({exc})") from exc
-    finally:
-        Image.MAX_IMAGE_PIXELS = old_limit
+    with _PIL_LIMIT_LOCK:
+        old_limit = Image.MAX_IMAGE_PIXELS
+        try:
+            # Our own limit is checked after the header is read; Pillow's is lifted so that its error
+            # does not pre-empt ours.
+            Image.MAX_IMAGE_PIXELS = None
+            return Image.open(fp)  # lazy: reads the header only
+        except UnidentifiedImageError as exc:
+            raise ImageDecodeError(f"{name}: not a recognised image format") from exc
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageDecodeError(f"{name}: cannot read image header ({exc})") from exc
+        finally:
+            Image.MAX_IMAGE_PIXELS = old_limit
 
 
 def _draft(img: Image.Image, draft_to: Callable[[int, int], tuple[int, int]]) -> None:

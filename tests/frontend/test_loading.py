@@ -80,6 +80,50 @@ def test_decompression_bomb_rejected_before_decoding():
         load_image(bomb, max_image_pixels=1_000_000)
 
 
+def test_concurrent_loads_leave_pillow_globals_alone(monkeypatch):
+    """The pipeline decodes in threads: loading must not corrupt Pillow's bomb limit or the warning filters.
+
+    Image.open and ImageFile.load are slowed down so that the threads overlap inside them every time.
+    """
+    import threading
+    import time
+    import warnings
+
+    from PIL import ImageFile
+
+    slow_open, slow_load = Image.open, ImageFile.ImageFile.load
+
+    def open_(*a, **kw):
+        time.sleep(0.005)
+        return slow_open(*a, **kw)
+
+    def load_(self):
+        time.sleep(0.005)
+        return slow_load(self)
+
+    monkeypatch.setattr(Image, "open", open_)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load_)
+    limit, filters = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
+    data = _png_bytes(Image.new("RGB", (40, 30), (10, 20, 30)), "JPEG")
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            for _ in range(5):
+                assert load_image(data).size == (40, 30)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert Image.MAX_IMAGE_PIXELS == limit
+    assert warnings.filters == filters
+
+
 def test_patchify_layout():
     pixels = np.arange(4 * 6 * 3, dtype=np.float32).reshape(4, 6, 3)
     p = patchify(pixels, 2)
