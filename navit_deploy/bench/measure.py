@@ -10,6 +10,7 @@ import io
 import resource
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,14 +157,25 @@ def run_once(pipe: Pipeline, sources: Sequence[Any]) -> RunTiming:
 
 def measure_plans(runner: Runner, plans: Sequence[Plan], sources: Sequence[Any], repeats: int = 3,
                   warmup: int = 1, workers: int | None = None) -> list[Measurement]:
-    """Time every plan on ``sources``, ``repeats`` times, interleaved (plan A, B, ..., A, B, ...) so that
-    drift of a shared machine hits every strategy alike; ``warmup`` untimed passes over a few images first."""
+    """Time every plan on one runner; see :func:`measure_interleaved`."""
+    return measure_interleaved([(runner, plan) for plan in plans], sources, repeats, warmup, workers)
+
+
+def measure_interleaved(entries: Sequence[tuple[Runner, Plan]], sources: Sequence[Any], repeats: int = 3,
+                        warmup: int = 1, workers: int | None = None) -> list[Measurement]:
+    """Time every (runner, plan) pair on ``sources``, ``repeats`` times, interleaved (A, B, ..., A, B, ...)
+    so that drift of a shared machine hits every strategy and backend alike and round ``k`` of one pair
+    can be compared with round ``k`` of another; ``warmup`` untimed passes over a few images first.
+    Each distinct runner is opened once for the whole measurement."""
     pipes = []
-    for plan in plans:
+    for runner, plan in entries:
         kw = {} if workers is None else {"workers": workers}
         pipes.append(Pipeline(runner, plan.frontend, plan.packer, **kw))
-    results = [Measurement(p) for p in plans]
-    with runner:
+    results = [Measurement(plan) for _, plan in entries]
+    runners = list({id(r): r for r, _ in entries}.values())
+    with ExitStack() as stack:
+        for r in runners:
+            stack.enter_context(r)
         for pipe in pipes:
             for _ in range(warmup):
                 run_once(pipe, sources[: max(1, min(len(sources), 8))])

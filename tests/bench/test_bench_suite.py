@@ -5,7 +5,14 @@ import json
 import pytest
 
 from navit_deploy.bench.anyres import anyres_tokens
-from navit_deploy.bench.suite import BenchConfig, bench_summary, evaluate_targets, run_bench, summary_markdown
+from navit_deploy.bench.suite import (
+    BenchConfig,
+    bench_summary,
+    evaluate_targets,
+    paired_ratio,
+    run_bench,
+    summary_markdown,
+)
 from navit_deploy.bench.workloads import make_workload
 
 REQUIRED = ("strategy", "backend", "precision", "images_per_s", "workload", "padding_fraction",
@@ -104,6 +111,35 @@ def test_evaluate_targets_on_synthetic_rows():
     rows[0]["packs_signature"] = rows[3]["packs_signature"] = "abc"  # the same packs: a difference is noise
     first = evaluate_targets(rows)[0]["checks"][0]
     assert first["passed"] and "same packs as single" in first["value"]
+
+
+def test_paired_ratio_compares_round_by_round():
+    # Round 2 ran while the machine was slow for both: its drift cancels in the per-round ratios.
+    a = {"images_per_s": 10.0, "images_per_s_runs": [10.0, 5.0, 11.0]}
+    b = {"images_per_s": 10.5, "images_per_s_runs": [9.0, 4.0, 10.5]}
+    med, lo, hi = paired_ratio(a, b)
+    assert med == pytest.approx(10.0 / 9.0) and lo == pytest.approx(11.0 / 10.5) and hi == pytest.approx(1.25)
+    assert paired_ratio({"images_per_s": 6.0}, {"images_per_s": 3.0}) == (2.0, 2.0, 2.0)  # no rounds: plain ratio
+
+
+@pytest.mark.parametrize("workload, int8_ips, passed", [("mixed", 16.0, True), ("mixed", 14.0, False),
+                                                         ("camera", 14.0, None)])
+def test_int8_speed_is_a_target_on_the_mixed_workload(workload, int8_ips, passed):
+    def row(backend_key, strategy, ips, model_ms):
+        return {"workload": workload, "backend_key": backend_key, "strategy": strategy, "images_per_s": ips,
+                "computed_tokens_per_image": 100, "padding_fraction": 0.0, "host_fraction": 0.05, "measured": True,
+                "model_ms_per_image": model_ms}
+
+    rows = [row("ort-cpu", "packed", 10.0, 8.0), row("ort-cpu-int8", "packed", int8_ips, 4.0),
+            row("ort-cpu-int8", "padded", 99.0, 1.0)]
+    (t,) = evaluate_targets(rows)
+    found = [c for c in t["checks"] + t["info"] if c["target"].startswith("INT8/FP32")]
+    assert len(found) == 1 and found[0]["ratio"] == pytest.approx(int8_ips / 10.0)
+    assert "model time only 2.00x" in found[0]["value"]
+    if passed is None:  # reported, not a target, outside the mixed workload
+        assert found[0] in t["info"]
+    else:
+        assert found[0] in t["checks"] and found[0]["passed"] is passed and t["passed"] is passed
 
 
 def test_cli_writes_json_and_pngs(tiny_model_dir, exported, tmp_path, capsys):
