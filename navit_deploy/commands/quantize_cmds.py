@@ -27,7 +27,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--op-types", nargs="+", default=None, metavar="OP",
                    help="INT8: operator types to quantize (default MatMul Gemm)")
     p.add_argument("--activations", choices=["int8", "uint8"], default="int8",
-                   help="INT8 activation type: int8 symmetric (TensorRT-compatible, default) or uint8 asymmetric")
+                   help="INT8 activation type: int8 symmetric (TensorRT-compatible, default) or uint8 asymmetric "
+                        "(faster on ONNX Runtime x86 CPUs: u8s8 integer GEMM)")
     p.add_argument("--per-tensor", action="store_true", help="INT8: per-tensor instead of per-channel weight scales")
     p.add_argument("--eval-size", type=int, default=200,
                    help="held-out images for the accuracy report (default 200; 0 skips it)")
