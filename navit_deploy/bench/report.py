@@ -61,13 +61,20 @@ def rows_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def verdict(check: dict[str, Any]) -> str:
+    """``pass``, ``tie`` (not shown slower: it won a round, though its median is lower) or ``MISS``."""
+    if not check["passed"]:
+        return "MISS"
+    return "tie" if check.get("tie") else "pass"
+
+
 def targets_markdown(targets: Sequence[dict[str, Any]]) -> str:
     if not targets:
         return "No targets evaluated (they need ONNX Runtime CPU rows for the packed strategy)."
     out = ["| workload | target | measured | result |", "|---|---|---|---|"]
     for t in targets:
         for c in t["checks"]:
-            out.append(f"| {t['workload']} | {c['target']} | {c['value']} | {'pass' if c['passed'] else 'MISS'} |")
+            out.append(f"| {t['workload']} | {c['target']} | {c['value']} | {verdict(c)} |")
         for c in t.get("info", []):
             out.append(f"| {t['workload']} | ({c['target']}) | {c['value']} | {'ok' if c['passed'] else 'below'} |")
     return "\n".join(out)

@@ -84,7 +84,7 @@ def config_from_args(args: argparse.Namespace):
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from navit_deploy.bench.measure import STRATEGIES
-    from navit_deploy.bench.report import format_table, sweep_markdown
+    from navit_deploy.bench.report import format_table, sweep_markdown, verdict
     from navit_deploy.bench.suite import run_bench
     from navit_deploy.bench.workloads import WORKLOADS
     from navit_deploy.errors import ConfigError
@@ -108,7 +108,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print()
     for t in report["targets"]:
         for c in t["checks"]:
-            print(f"[{'pass' if c['passed'] else 'MISS'}] {t['workload']:<11} {c['target']}: {c['value']}")
+            print(f"[{verdict(c):<4}] {t['workload']:<11} {c['target']}: {c['value']}")
         for c in t.get("info", []):
             print(f"[info] {t['workload']:<11} {c['target']}: {c['value']}")
     for s in report["skipped"]:

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from navit_deploy.bench.anyres import anyres_tokens
@@ -120,6 +121,26 @@ def test_paired_ratio_compares_round_by_round():
     med, lo, hi = paired_ratio(a, b)
     assert med == pytest.approx(10.0 / 9.0) and lo == pytest.approx(11.0 / 10.5) and hi == pytest.approx(1.25)
     assert paired_ratio({"images_per_s": 6.0}, {"images_per_s": 3.0}) == (2.0, 2.0, 2.0)  # no rounds: plain ratio
+
+
+@pytest.mark.parametrize("rounds, expect", [
+    ([1.00, 1.00, 1.00, 1.00, 1.00], "pass"),
+    ([0.95, 1.02, 0.97, 0.99, 1.05], "tie"),  # lower median, but it won rounds: not shown slower
+    ([0.95, 0.99, 0.97, 0.99, 0.98], "MISS"),  # lost every interleaved round
+    ([0.95, 1.02, 0.97], "MISS"),  # too few rounds to call anything a tie
+])
+def test_default_vs_others_tie_needs_a_won_round(rounds, expect):
+    from navit_deploy.bench.report import verdict
+
+    def row(strategy, runs, tokens):
+        return {"workload": "w", "backend_key": "ort-cpu", "strategy": strategy, "images_per_s": float(np.median(runs)),
+                "images_per_s_runs": runs, "repeats": len(runs), "computed_tokens_per_image": tokens,
+                "padding_fraction": 0.0, "host_fraction": 0.05, "measured": True}
+
+    rows = [row("packed", [10.0 * r for r in rounds], 100), row("single", [10.0] * len(rounds), 101)]
+    first = evaluate_targets(rows)[0]["checks"][0]
+    assert verdict(first) == expect
+    assert first["ratio"] == pytest.approx(float(np.median(rounds)), abs=1e-3)
 
 
 @pytest.mark.parametrize("workload, int8_ips, passed", [("mixed", 16.0, True), ("mixed", 14.0, False),
