@@ -8,6 +8,10 @@ thread pool over *windows* of consecutive images, one more thread packs each win
 and the calling thread runs the packs of the windows already done, waiting only when the model outruns
 the front end. Pillow, numpy and the runners release the GIL, so on a GPU the host work hides behind the
 device, and on a CPU the front end fills the cores the model leaves idle.
+
+Runners that gain from it (ONNX Runtime on CPU, see :attr:`Runner.concurrency`) get up to
+``runner.concurrency`` packs at once: a CPU spends part of every single model call in small ops that
+do not use all its threads, and a second call in flight fills those gaps.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from navit_deploy.errors import ImageError
 from navit_deploy.frontend import FrontendConfig, ImageSource, PreparedImage, describe_source, prepare_image
@@ -45,7 +49,7 @@ class PipelineStats:
     ``wall_s`` for the call; ``model_s`` inside ``runner.infer``; ``wait_s`` the calling thread waiting
     for the front end and packer; ``pack_s`` packing (on the packing thread when overlapped);
     ``frontend_cpu_s`` CPU time spent in the front end on all its threads; ``cpu_s`` CPU time of the
-    whole process. ``pack_ms`` is each pack's model call and ``done_ms`` each image's completion time
+    whole process. With packs in flight at once, ``model_s`` counts the time in which at least one was. ``pack_ms`` is each pack's model call and ``done_ms`` each image's completion time
     from the start of the call, by input index.
     """
 
@@ -79,6 +83,70 @@ class PipelineStats:
         return 0.0 if self.cpu_s <= 0 else min(1.0, self.frontend_cpu_s / self.cpu_s)
 
 
+class _BusyClock:
+    """Wall time in which at least one model call was running (overlapping calls count once)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._since = 0.0
+        self.busy_s = 0.0
+
+    def enter(self) -> float:
+        now = time.perf_counter()
+        with self._lock:
+            if self._running == 0:
+                self._since = now
+            self._running += 1
+        return now
+
+    def leave(self, entered: float) -> float:
+        """Ends a call that started at ``entered``; returns its duration."""
+        now = time.perf_counter()
+        with self._lock:
+            self._running -= 1
+            if self._running == 0:
+                self.busy_s += now - self._since
+        return now - entered
+
+
+class _InFlight:
+    """Runs packs with at most ``limit`` in flight, handing each pack's results to ``finish`` (on the
+    calling thread). A pool of ``limit - 1`` threads takes packs while it has room; when it is full the
+    calling thread runs the pack itself, so no pack waits in a queue while a thread is free."""
+
+    def __init__(self, run: Callable[..., list[ImageResult]], limit: int,
+                 finish: Callable[[list[ImageResult]], None]) -> None:
+        self._run, self._limit, self._finish = run, max(1, limit), finish
+        self._pool: ThreadPoolExecutor | None = None
+        self._running: list[Future] = []
+
+    def __enter__(self) -> "_InFlight":
+        if self._limit > 1:
+            self._pool = ThreadPoolExecutor(self._limit - 1, thread_name_prefix="navit-model")
+        return self
+
+    def submit(self, *args: object) -> None:
+        self._collect(block=False)
+        if self._pool is not None and len(self._running) < self._limit - 1:
+            self._running.append(self._pool.submit(self._run, *args))
+        else:
+            self._finish(self._run(*args))
+
+    def _collect(self, block: bool) -> None:
+        for f in [f for f in self._running if block or f.done()]:
+            self._running.remove(f)
+            self._finish(f.result())
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self._collect(block=True)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass
 class _Window:
     """Consecutive inputs after the front end: their error results, good images and packs."""
@@ -108,6 +176,7 @@ class Pipeline:
     window: int | None = None
     prefetch: int = 2
     stats: PipelineStats = field(default_factory=PipelineStats)
+    _busy: _BusyClock = field(default_factory=_BusyClock, init=False, repr=False)
 
     def prepare(self, index: int, src: ImageSource) -> PreparedImage | ImageResult:
         """Front end for one image; an error result instead of an exception for a bad image."""
@@ -125,6 +194,11 @@ class Pipeline:
                                f"{self.packer.pack_len}; lower the budget or raise the pack length",
                                error_type="BudgetError")
         return prepared
+
+    @property
+    def concurrency(self) -> int:
+        """Packs in flight at once in :meth:`run`: the runner's :attr:`~Runner.concurrency`."""
+        return max(1, int(getattr(self.runner, "concurrency", 1)))
 
     def window_bounds(self, n: int) -> list[tuple[int, int]]:
         """``[start, end)`` of each front-end window for a call of ``n`` images.
@@ -186,15 +260,18 @@ class Pipeline:
 
     def run_pack(self, pack: PackedBatch, prepared: dict[int, PreparedImage], names: dict[int, str]) -> list[ImageResult]:
         """Infer one pack and unpack its rows into results keyed by the caller's indices."""
-        t = time.perf_counter()
-        out = self.runner.infer(pack)
-        dt = time.perf_counter() - t
-        self.stats.model_s += dt
-        self.stats.pack_ms.append(1000 * dt)
-        self.stats.pack_shapes.append((pack.pack_len, pack.seqlens.tolist()))
-        self.stats.packs += 1
-        self.stats.computed_tokens += pack.pack_len
-        self.stats.valid_tokens += pack.num_valid
+        t = self._busy.enter()
+        try:
+            out = self.runner.infer(pack)
+        finally:
+            dt = self._busy.leave(t)
+        with _CPU_LOCK:
+            self.stats.model_s = self._busy.busy_s
+            self.stats.pack_ms.append(1000 * dt)
+            self.stats.pack_shapes.append((pack.pack_len, pack.seqlens.tolist()))
+            self.stats.packs += 1
+            self.stats.computed_tokens += pack.pack_len
+            self.stats.valid_tokens += pack.num_valid
         results = []
         for row, idx in enumerate(pack.image_index.tolist()):
             p = prepared[idx]
@@ -209,22 +286,58 @@ class Pipeline:
         Fills :attr:`stats` with token counts and timers for this call.
         """
         self.stats = PipelineStats(images=len(sources))
+        self._busy = _BusyClock()
         t0, cpu0 = time.perf_counter(), time.process_time()
         names = {i: describe_source(s) for i, s in enumerate(sources)}
         results: list[ImageResult | None] = [None] * len(sources)
-        # closing(): if the runner raises, the front-end threads are shut down before the error propagates.
-        with closing(self._windows(sources)) as windows:
+
+        def finish(done: list[ImageResult]) -> None:
+            now = 1000 * (time.perf_counter() - t0)
+            for res in done:
+                results[res.index] = res
+                self.stats.done_ms[res.index] = now
+
+        # closing(): if the runner raises, the front-end threads are shut down before the error propagates;
+        # leaving the scheduler waits for the packs still in flight.
+        with closing(self._windows(sources)) as windows, self._in_flight(finish) as model:
             for window in windows:
                 for r in window.failed:
                     results[r.index] = r
                     self.stats.failed += 1
                 for pack in window.packs:
-                    for res in self.run_pack(pack, window.good, names):
-                        results[res.index] = res
-                        self.stats.done_ms[res.index] = 1000 * (time.perf_counter() - t0)
+                    model.submit(pack, window.good, names)
         self.stats.wall_s = time.perf_counter() - t0
         self.stats.cpu_s = time.process_time() - cpu0
         return [r for r in results if r is not None]
+
+    def run_packs(self, packs: Sequence[PackedBatch], prepared: dict[int, PreparedImage],
+                  names: dict[int, str] | None = None) -> list[ImageResult]:
+        """Run packs already made (by :meth:`prepare` and :attr:`packer`) with the same concurrency and timers
+        as :meth:`run`, without the front end: the model's own throughput. Results in image-index order."""
+        n = len(prepared)
+        self.stats = PipelineStats(images=n)
+        self._busy = _BusyClock()
+        names = names if names is not None else {i: str(i) for i in prepared}
+        out: dict[int, ImageResult] = {}
+        t0, cpu0 = time.perf_counter(), time.process_time()
+
+        def finish(done: list[ImageResult]) -> None:
+            now = 1000 * (time.perf_counter() - t0)
+            for res in done:
+                out[res.index] = res
+                self.stats.done_ms[res.index] = now
+
+        with self._in_flight(finish) as model:
+            for pack in packs:
+                model.submit(pack, prepared, names)
+        self.stats.wall_s = time.perf_counter() - t0
+        self.stats.cpu_s = time.process_time() - cpu0
+        return [out[i] for i in sorted(out)]
+
+    def _in_flight(self, finish: Callable[[list[ImageResult]], None]) -> "_InFlight":
+        if self.concurrency > 1:
+            self.runner.activate()  # once, before concurrent calls race to activate it
+        return _InFlight(self.run_pack, self.concurrency, finish)
 
     def stream(self, sources: Iterable[ImageSource], buffer: int = 16, min_fill: float = 0.9) -> Iterator[ImageResult]:
         """Results for an unbounded stream (e.g. a camera), in input order, holding at most ``buffer`` images.
@@ -232,6 +345,7 @@ class Pipeline:
         Smaller ``buffer``/``min_fill`` lower latency; larger ones lower padding.
         """
         self.stats = PipelineStats()
+        self._busy = _BusyClock()
         prepared: dict[int, PreparedImage] = {}
         names: dict[int, str] = {}
         done: dict[int, ImageResult] = {}

@@ -79,6 +79,9 @@ class Runner(ABC):
 
     name: str = "runner"
     precision: str = "fp32"
+    #: How many :meth:`infer` calls the pipeline may run at once. 1 unless a runner is safe to call from
+    #: several threads and gains from it (ONNX Runtime on CPU).
+    concurrency: int = 1
 
     def __init__(self, patch_dim: int, limits: PackLimits | None = None) -> None:
         self.patch_dim = patch_dim
