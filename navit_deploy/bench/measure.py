@@ -23,6 +23,7 @@ from navit_deploy.frontend import FrontendConfig, grid_coords, load_image, patch
 from navit_deploy.frontend.patchify import normalize_patches, resize_to, to_pixels
 from navit_deploy.packing import Packer
 from navit_deploy.runtime.pipeline import Pipeline
+from navit_deploy.runtime.results import ImageResult
 from navit_deploy.runtime.runner import Runner
 
 STRATEGIES = ("packed", "packed-fixed", "padded", "square", "single", "anyres")
@@ -185,6 +186,36 @@ def measure_interleaved(entries: Sequence[tuple[Runner, Plan]], sources: Sequenc
                 m.runs.append(run_once(pipe, sources))
                 m.peak_rss_mb = max(m.peak_rss_mb, peak_rss_mb())
     return results
+
+
+def measure_model_only(entries: Sequence[tuple[Runner, Plan]], sources: Sequence[Any], repeats: int = 3,
+                       warmup: int = 1) -> list[list[float]]:
+    """Model-only images/s of every (runner, plan) pair, one value per interleaved round.
+
+    Each pair's images go through its plan's front end and packer once, untimed; then every round runs
+    each pair's packs with :meth:`Pipeline.run_packs` (the runtime's own concurrency, no front end), back
+    to back, so round ``k`` of INT8 and of FP32 can be compared pairwise as in :func:`measure_interleaved`.
+    """
+    jobs = []
+    for runner, plan in entries:
+        pipe = Pipeline(runner, plan.frontend, plan.packer)
+        prepared = {i: pipe.prepare(i, src) for i, src in enumerate(sources)}
+        good = {i: p for i, p in prepared.items() if not isinstance(p, ImageResult)}
+        packs = pipe.packer.pack(list(good.values()), list(good)) if good else []
+        jobs.append((pipe, packs, good))
+    rates: list[list[float]] = [[] for _ in entries]
+    runners = list({id(r): r for r, _ in entries}.values())
+    with ExitStack() as stack:
+        for r in runners:
+            stack.enter_context(r)
+        for pipe, packs, good in jobs:
+            for _ in range(warmup):
+                pipe.run_packs(packs[:2], good)
+        for _ in range(max(1, repeats)):
+            for (pipe, packs, good), out in zip(jobs, rates):
+                pipe.run_packs(packs, good)
+                out.append(len(good) / pipe.stats.wall_s if good and pipe.stats.wall_s > 0 else 0.0)
+    return rates
 
 
 def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 95, 99)) -> list[float | None]:

@@ -10,6 +10,7 @@ from typing import Any
 TABLE_COLUMNS = [  # (header, key, format)
     ("workload", "workload", "{}"), ("strategy", "strategy", "{}"), ("backend", "backend", "{}"),
     ("prec", "precision", "{}"), ("attn", "lowering", "{}"), ("img/s", "images_per_s", "{:.2f}"),
+    ("model img/s", "model_images_per_s", "{:.2f}"),
     ("tok/img", "computed_tokens_per_image", "{:.0f}"), ("pad", "padding_fraction", "{:.1%}"),
     ("attn x", "attention_waste", "{:.2f}"), ("p50 ms", "p50_ms", "{:.1f}"), ("p99 ms", "p99_ms", "{:.1f}"),
     ("pack p50", "pack_p50_ms", "{:.1f}"), ("host", "host_fraction", "{:.1%}"),
@@ -21,7 +22,8 @@ TABLE_COLUMNS = [  # (header, key, format)
 
 COLUMN_NOTES = ("*host*: share of the end-to-end time in which the model was not running (the front end runs in "
                 "threads overlapped with the model, so this is the host on the critical path); *host cpu*: the "
-                "front end's share of the process's CPU time; *attn x*: attention scores computed / the "
+                "front end's share of the process's CPU time; *model img/s*: the default strategy's packs run "
+                "again without the front end (the model's own throughput); *attn x*: attention scores computed / the "
                 "per-image ideal; *pack p50*: median model time per pack.")
 
 

@@ -14,7 +14,9 @@ from navit_deploy.bench.suite import (
     run_bench,
     summary_markdown,
 )
+from navit_deploy.bench.measure import Plan
 from navit_deploy.bench.workloads import make_workload
+from navit_deploy.packing import Packer
 
 REQUIRED = ("strategy", "backend", "precision", "images_per_s", "workload", "padding_fraction",
             "computed_tokens_per_image", "p50_ms", "p99_ms", "host_fraction")
@@ -71,6 +73,11 @@ def test_rows_are_consistent(report):
     assert anyres["computed_tokens_per_image"] == pytest.approx(expected)
     assert anyres["estimated"] and anyres["images_per_s"] == pytest.approx(
         square["computed_tokens_per_s"] / expected, rel=1e-3)
+    # The default strategy is timed again without the front end; the others are not.
+    for key in ("ort-cpu", "torch-segment"):
+        row = _row(rows, "packed", key)
+        assert len(row["model_images_per_s_runs"]) == row["repeats"] and row["model_images_per_s"] > 0
+        assert _row(rows, "padded", key)["model_images_per_s"] is None
 
 
 def test_targets_skips_streaming_breakdown(report):
@@ -143,24 +150,81 @@ def test_default_vs_others_tie_needs_a_won_round(rounds, expect):
     assert first["ratio"] == pytest.approx(float(np.median(rounds)), abs=1e-3)
 
 
-@pytest.mark.parametrize("workload, int8_ips, passed", [("mixed", 16.0, True), ("mixed", 14.0, False),
-                                                         ("camera", 14.0, None)])
-def test_int8_speed_is_a_target_on_the_mixed_workload(workload, int8_ips, passed):
-    def row(backend_key, strategy, ips, model_ms):
+@pytest.mark.parametrize("workload, int8_ips, int8_model, passed", [
+    ("mixed", 16.0, None, True), ("mixed", 14.0, None, False), ("camera", 14.0, None, None),
+    # With model-only rates the target is on them; end to end (front end included) is reported beside it.
+    ("mixed", 12.0, [30.0, 33.0, 29.0], True), ("mixed", 16.0, [28.0, 29.0, 30.0], False),
+    ("camera", 12.0, [30.0, 33.0, 29.0], None)])
+def test_int8_speed_is_a_target_on_the_mixed_workload(workload, int8_ips, int8_model, passed):
+    def row(backend_key, strategy, ips, model_runs=None):
         return {"workload": workload, "backend_key": backend_key, "strategy": strategy, "images_per_s": ips,
                 "computed_tokens_per_image": 100, "padding_fraction": 0.0, "host_fraction": 0.05, "measured": True,
-                "model_ms_per_image": model_ms}
+                "model_images_per_s": float(np.median(model_runs)) if model_runs else None,
+                "model_images_per_s_runs": model_runs}
 
-    rows = [row("ort-cpu", "packed", 10.0, 8.0), row("ort-cpu-int8", "packed", int8_ips, 4.0),
-            row("ort-cpu-int8", "padded", 99.0, 1.0)]
+    fp32_model = [20.0, 20.0, 20.0] if int8_model else None
+    rows = [row("ort-cpu", "packed", 10.0, fp32_model), row("ort-cpu-int8", "packed", int8_ips, int8_model),
+            row("ort-cpu-int8", "padded", 99.0)]
     (t,) = evaluate_targets(rows)
     found = [c for c in t["checks"] + t["info"] if c["target"].startswith("INT8/FP32")]
-    assert len(found) == 1 and found[0]["ratio"] == pytest.approx(int8_ips / 10.0)
-    assert "model time only 2.00x" in found[0]["value"]
-    if passed is None:  # reported, not a target, outside the mixed workload
-        assert found[0] in t["info"]
+    model = [c for c in found if "model images/s" in c["target"]]
+    e2e = [c for c in found if "end to end" in c["target"]]
+    assert len(e2e) == 1 and e2e[0]["ratio"] == pytest.approx(int8_ips / 10.0)
+    target = e2e[0]
+    if int8_model:
+        assert len(model) == 1 and e2e[0] in t["info"]
+        assert model[0]["ratio"] == pytest.approx(float(np.median([x / 20.0 for x in int8_model])))
+        target = model[0]
     else:
-        assert found[0] in t["checks"] and found[0]["passed"] is passed and t["passed"] is passed
+        assert not model
+    if passed is None:  # reported, not a target, outside the mixed workload
+        assert target in t["info"]
+    else:
+        assert target in t["checks"] and target["passed"] is passed and t["passed"] is passed
+
+
+class _SlowRunner:
+    """Wraps a runner; every call takes at least ``hold_s`` (a model of known speed)."""
+
+    def __init__(self, inner, hold_s: float, concurrency: int) -> None:
+        self.inner, self.hold_s, self.concurrency, self.calls = inner, hold_s, concurrency, 0
+
+    def __enter__(self):
+        self.inner.activate()
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def activate(self):
+        return self.inner.activate()
+
+    def infer(self, pack):
+        import time
+
+        self.calls += 1
+        time.sleep(self.hold_s)
+        return self.inner.infer(pack)
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_model_only_rate_times_the_packs_not_the_front_end(exported, concurrency):
+    from PIL import Image
+
+    from navit_deploy.bench.measure import measure_model_only
+    from navit_deploy.runtime.onnx_runner import OnnxRunner
+
+    rng = np.random.default_rng(0)
+    imgs = [Image.fromarray(rng.integers(0, 255, (64, 48 + 8 * i, 3), dtype=np.uint8)) for i in range(6)]
+    imgs.append(b"not an image")  # a bad input is left out of the packs and of the rate
+    inner = OnnxRunner(exported("dense"), concurrency=1)
+    slow = _SlowRunner(inner, 0.05, concurrency)
+    fe = inner.artifact.frontend
+    plan = Plan("packed", fe, Packer(256, 1), fe.max_patches)
+    (rates,) = measure_model_only([(slow, plan)], imgs, repeats=2, warmup=0)
+    assert len(rates) == 2 and slow.calls == 2 * 6
+    ceiling = 6 / (6 * 0.05 / concurrency)  # 6 packs of >= 50 ms each, `concurrency` at a time
+    assert all(0.4 * ceiling < r <= ceiling for r in rates)
 
 
 def test_cli_writes_json_and_pngs(tiny_model_dir, exported, tmp_path, capsys):
