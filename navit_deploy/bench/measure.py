@@ -188,8 +188,17 @@ def measure_interleaved(entries: Sequence[tuple[Runner, Plan]], sources: Sequenc
     return results
 
 
+@dataclass
+class ModelOnly:
+    """Model-only images/s of one (runner, plan) pair, one value per interleaved round, and what was run."""
+
+    rates: list[float]
+    images: int
+    packs: int
+
+
 def measure_model_only(entries: Sequence[tuple[Runner, Plan]], sources: Sequence[Any], repeats: int = 3,
-                       warmup: int = 1) -> list[list[float]]:
+                       warmup: int = 1) -> list[ModelOnly]:
     """Model-only images/s of every (runner, plan) pair, one value per interleaved round.
 
     Each pair's images go through its plan's front end and packer once, untimed; then every round runs
@@ -203,7 +212,7 @@ def measure_model_only(entries: Sequence[tuple[Runner, Plan]], sources: Sequence
         good = {i: p for i, p in prepared.items() if not isinstance(p, ImageResult)}
         packs = pipe.packer.pack(list(good.values()), list(good)) if good else []
         jobs.append((pipe, packs, good))
-    rates: list[list[float]] = [[] for _ in entries]
+    results = [ModelOnly([], len(good), len(packs)) for _, packs, good in jobs]
     runners = list({id(r): r for r, _ in entries}.values())
     with ExitStack() as stack:
         for r in runners:
@@ -212,10 +221,10 @@ def measure_model_only(entries: Sequence[tuple[Runner, Plan]], sources: Sequence
             for _ in range(warmup):
                 pipe.run_packs(packs[:2], good)
         for _ in range(max(1, repeats)):
-            for (pipe, packs, good), out in zip(jobs, rates):
+            for (pipe, packs, good), out in zip(jobs, results):
                 pipe.run_packs(packs, good)
-                out.append(len(good) / pipe.stats.wall_s if good and pipe.stats.wall_s > 0 else 0.0)
-    return rates
+                out.rates.append(len(good) / pipe.stats.wall_s if good and pipe.stats.wall_s > 0 else 0.0)
+    return results
 
 
 def percentiles(values: Sequence[float], qs: Sequence[float] = (50, 95, 99)) -> list[float | None]:

@@ -446,9 +446,8 @@ def _run(cfg: BenchConfig, out_dir: Path | None, workdir: Path, log: Callable[[s
         # The default strategy once more without the front end (same packs, interleaved across backends):
         # what the model itself does, e.g. INT8 vs FP32, apart from decoding and resizing.
         model_only = [(b, p) for b, p in entries if p.strategy == "packed"]
-        model_rates = dict(zip([id(p) for _, p in model_only],
-                               measure_model_only([(b.runner(), p) for b, p in model_only], sources,
-                                                  cfg.repeats, cfg.warmup)))
+        model_rates = {id(p): mo.rates for (_, p), mo in zip(
+            model_only, measure_model_only([(b.runner(), p) for b, p in model_only], sources, cfg.repeats, cfg.warmup))}
         for b in backends:
             got = [_row(m, b, wl, shape, peak, model_rates.get(id(m.plan))) for (eb, _), m in zip(entries, ms) if eb is b]
             rows += got

@@ -1,13 +1,14 @@
-"""FP32 vs INT8 on ONNX Runtime CPU: images/s on the very same packs, side by side, in one run.
+"""FP32 vs INT8 on ONNX Runtime CPU: the model's images/s on the very same packs, side by side, in one run.
 
     python -m navit_deploy.calibration.bench_int8 --onnx navit.dense.onnx [--int8 navit.int8.onnx]
         [--workload mixed] [--images 64] [--repeats 5] [--threads N] [--json]
 
 Without ``--int8`` the FP32 model is quantized first (default settings, calibration cache used).
-Images are rendered once (``navit_deploy.bench.workloads``), prepared and packed once with the
-artifact's front end and packer; each round times one pass over all packs for each model, the two
-models alternating so background load hits both alike; the best round of each is reported (and the
-median). The model alone is timed (front end and packing excluded: they are identical for both).
+Images are rendered once (``navit_deploy.bench.workloads``, at the workload's budget), prepared and packed
+once with the runtime's default packing; each round runs all packs through each model the way
+``Pipeline`` does (its concurrency included), the two models alternating so background load hits both
+alike (:func:`navit_deploy.bench.measure.measure_model_only`); the best round of each is reported, and
+the median. The model alone is timed: the front end is identical for both precisions.
 """
 
 from __future__ import annotations
@@ -17,26 +18,10 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from navit_deploy.packing import Packer
-
-
-def _packs(artifact, images: list, pack_len: int | None = None) -> tuple[list, int]:
-    from navit_deploy.errors import ImageError
-    from navit_deploy.frontend import prepare_image
-
-    prepared = []
-    for img in images:
-        try:
-            p = prepare_image(img, artifact.frontend)
-        except ImageError:
-            continue
-        if p.num_tokens <= (pack_len or artifact.pack_len):
-            prepared.append(p)
-    return Packer(pack_len or artifact.pack_len, artifact.max_images).pack(prepared), len(prepared)
 
 
 def bench_int8(fp32_onnx: str | Path, int8_onnx: str | Path, *, images: list | None = None, workload: str = "mixed",
@@ -44,38 +29,37 @@ def bench_int8(fp32_onnx: str | Path, int8_onnx: str | Path, *, images: list | N
                pack_len: int | None = None) -> dict[str, Any]:
     """Images/s of both models on the same packs; ``images`` default: the ``workload`` of ``n_images``.
 
-    ``pack_len`` overrides the artifact's pack length (the dense lowering's attention is quadratic in it).
+    ``pack_len`` replaces the default packing with packs padded to that length.
     """
+    from navit_deploy.bench.measure import Plan, measure_model_only, workload_frontend
+    from navit_deploy.packing.policy import recommended_packing
     from navit_deploy.runtime.onnx_runner import OnnxRunner
 
-    if images is None:
-        from navit_deploy.bench.workloads import make_workload, render_workload
-
-        images = list(render_workload(make_workload(workload, n_images)))
-        what = f"{workload} workload"
-    else:
-        what = "given images"
     runners = {"fp32": OnnxRunner(fp32_onnx, threads=threads), "int8": OnnxRunner(int8_onnx, threads=threads)}
     if runners["int8"].artifact.precision != "int8":
         print(f"warning: {int8_onnx} says precision {runners['int8'].artifact.precision!r}", file=sys.stderr)
-    packs, n = _packs(runners["fp32"].artifact, images, pack_len)
-    feeds = [p.model_inputs() for p in packs]
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for r in runners.values():
-        r.activate()
-        r.infer(feeds[0])  # warm-up (allocations, kernel selection)
-    for _ in range(repeats):
-        for name, r in runners.items():
-            start = time.perf_counter()
-            for f in feeds:
-                r.infer(f)
-            times[name].append(time.perf_counter() - start)
-    for r in runners.values():
-        r.deactivate()
-    rows = {name: {"images_per_s_best": round(n / min(t), 2), "images_per_s_median": round(n / statistics.median(t), 2),
-                   "ms_per_pack_best": round(1000 * min(t) / len(feeds), 3)} for name, t in times.items()}
-    return {"images": n, "packs": len(feeds), "pack_len": pack_len or runners["fp32"].artifact.pack_len, "data": what,
-            "threads": threads, "repeats": repeats, "fp32": rows["fp32"], "int8": rows["int8"],
+    art = runners["fp32"].artifact
+    frontend = art.frontend
+    if images is None:
+        from navit_deploy.bench.workloads import make_workload, render_workload
+
+        wl = make_workload(workload, n_images)
+        images = list(render_workload(wl))
+        frontend = workload_frontend(frontend, wl.max_patches, wl.upscale)
+        what = f"{workload} workload, budget {wl.max_patches}"
+    else:
+        what = "given images"
+    packer = (Packer(pack_len, art.max_images) if pack_len
+              else recommended_packing(frontend.max_patches, art.lowering, "cpu", art.max_images))
+    plan = Plan("packed", frontend, packer, frontend.max_patches)
+    fp32, int8 = measure_model_only([(runners["fp32"], plan), (runners["int8"], plan)], images, repeats, warmup=1)
+    rows = {name: {"images_per_s_best": round(max(m.rates), 2),
+                   "images_per_s_median": round(statistics.median(m.rates), 2),
+                   "ms_per_pack_best": round(1000 * m.images / max(m.rates) / max(1, m.packs), 3)}
+            for name, m in (("fp32", fp32), ("int8", int8))}
+    return {"images": fp32.images, "packs": fp32.packs, "pack_len": packer.pack_len, "data": what,
+            "threads": runners["fp32"].threads, "concurrency": runners["fp32"].concurrency, "repeats": repeats,
+            "fp32": rows["fp32"], "int8": rows["int8"],
             "speedup_best": round(rows["int8"]["images_per_s_best"] / rows["fp32"]["images_per_s_best"], 3),
             "speedup_median": round(rows["int8"]["images_per_s_median"] / rows["fp32"]["images_per_s_median"], 3),
             "fp32_model": str(fp32_onnx), "int8_model": str(int8_onnx)}
@@ -83,7 +67,8 @@ def bench_int8(fp32_onnx: str | Path, int8_onnx: str | Path, *, images: list | N
 
 def table(r: dict[str, Any]) -> str:
     lines = [(f"ONNX Runtime CPU, {r['images']} images in {r['packs']} packs of {r['pack_len']} tokens ({r['data']}), "
-             f"best/median of {r['repeats']} rounds, threads={r['threads'] or 'default'}"),
+             f"best/median of {r['repeats']} rounds, {r['concurrency']} call(s) at once x "
+             f"{r['threads'] or 'default'} thread(s)"),
              f"  {'model':<6}{'images/s best':>15}{'median':>10}{'ms/pack':>10}"]
     for k in ("fp32", "int8"):
         x = r[k]

@@ -221,8 +221,9 @@ def test_model_only_rate_times_the_packs_not_the_front_end(exported, concurrency
     slow = _SlowRunner(inner, 0.05, concurrency)
     fe = inner.artifact.frontend
     plan = Plan("packed", fe, Packer(256, 1), fe.max_patches)
-    (rates,) = measure_model_only([(slow, plan)], imgs, repeats=2, warmup=0)
-    assert len(rates) == 2 and slow.calls == 2 * 6
+    (mo,) = measure_model_only([(slow, plan)], imgs, repeats=2, warmup=0)
+    rates = mo.rates
+    assert len(rates) == 2 and slow.calls == 2 * 6 and (mo.images, mo.packs) == (6, 6)
     ceiling = 6 / (6 * 0.05 / concurrency)  # 6 packs of >= 50 ms each, `concurrency` at a time
     assert all(0.4 * ceiling < r <= ceiling for r in rates)
 
