@@ -39,13 +39,6 @@ def default_concurrency(provider: str) -> int:
     return 2 if provider == "cpu" and usable_cpus() >= 2 else 1
 
 
-def default_threads(provider: str, concurrency: int) -> int | None:
-    """Intra-op threads per call on CPU: the cores shared out among the concurrent calls (None: ORT's default)."""
-    if provider != "cpu" or concurrency <= 1:
-        return None
-    return max(1, usable_cpus() // concurrency)
-
-
 class OnnxRunner(Runner):
     """Runs an exported NaViT with ONNX Runtime. ``provider``: ``"cpu"`` or ``"cuda"``.
 
@@ -57,8 +50,9 @@ class OnnxRunner(Runner):
     ``concurrency``: how many packs :class:`~navit_deploy.runtime.Pipeline` may run through the session
     at once (ONNX Runtime sessions are safe to call from several threads). Default: 2 on a CPU with at
     least 2 cores, else 1. One call leaves cores idle in its small ops (layer norms, softmax, quantize);
-    a second call in flight fills them. ``threads``: intra-op threads per call; default: the cores
-    divided among the concurrent calls.
+    a second call in flight fills them. ``threads``: intra-op threads per call (default: ONNX Runtime's,
+    one per core). Measured on 2 cores, 2 calls of 2 threads vs 2 calls of 1 thread: the same images/s
+    end to end, 9% fewer model-only images/s, and 19% lower latency per frame when streaming.
     """
 
     name = "onnxruntime"
@@ -84,7 +78,7 @@ class OnnxRunner(Runner):
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.concurrency = concurrency if concurrency is not None else default_concurrency(provider)
-        self.threads = threads if threads is not None else default_threads(provider, self.concurrency)
+        self.threads = threads
         self.spin = spin
         self.reference_ops = reference_ops
         self.artifact: DeploymentArtifact = self._read_artifact()

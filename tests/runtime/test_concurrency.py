@@ -114,12 +114,10 @@ def test_error_in_a_concurrent_pack_propagates_and_leaves_no_thread(runner, fail
     assert [r.ok for r in ok] == [True] * 3
 
 
-@pytest.mark.parametrize("cpus,provider,want", [(1, "cpu", (1, None)), (2, "cpu", (2, 1)), (16, "cpu", (2, 8)),
-                                                (16, "cuda", (1, None))])
-def test_default_concurrency_and_threads_share_the_cores(monkeypatch, cpus, provider, want):
+@pytest.mark.parametrize("cpus,provider,want", [(1, "cpu", 1), (2, "cpu", 2), (16, "cpu", 2), (16, "cuda", 1)])
+def test_default_concurrency(monkeypatch, cpus, provider, want):
     monkeypatch.setattr(onnx_runner, "usable_cpus", lambda: cpus)
-    c = onnx_runner.default_concurrency(provider)
-    assert (c, onnx_runner.default_threads(provider, c)) == want
+    assert onnx_runner.default_concurrency(provider) == want
 
 
 @pytest.mark.parametrize("kw,match", [({"concurrency": 0}, "concurrency"), ({"threads": 0}, "threads")])
