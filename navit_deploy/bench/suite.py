@@ -582,13 +582,14 @@ def bench_summary(model: str, onnx_path: str | Path, quick: bool = True, onnx_in
     """The short benchmark ``navit deploy`` includes: the mixed workload, packed vs padded vs square vs one
     image at a time (and AnyRes token counts), on PyTorch eager (dense and segment loop) and ONNX Runtime
     CPU (and INT8 when given), with the targets. ``quick``: 24 images, 1 repeat, no streaming (else 64
-    images, 3 repeats, 60 streamed frames); ``n`` overrides the image count. ``out``: also write
+    images, :data:`MIN_ROUNDS_FOR_TIE` interleaved rounds, so that a tie can be told from a loss, and 60
+    streamed frames); ``n`` overrides the image count. ``out``: also write
     bench.json/bench.md/plots there. Render with :func:`summary_markdown`."""
     cfg = BenchConfig(model=model, onnx=Path(onnx_path), onnx_int8=Path(onnx_int8) if onnx_int8 else None,
                       out=Path(out) if out else None, workloads=("mixed",), n=n or (24 if quick else 64),
                       strategies=("packed", "padded", "square", "single", "anyres"),
                       backends=("ort-cpu", "ort-cpu-int8", "torch-dense", "torch-segment"),
-                      repeats=1 if quick else 3, stream_frames=0 if quick else 60, plots=out is not None,
+                      repeats=1 if quick else MIN_ROUNDS_FOR_TIE, stream_frames=0 if quick else 60, plots=out is not None,
                       breakdown_images=4)
     report = run_bench(cfg, log=lambda s: None)
     for r in report["rows"]:
