@@ -49,8 +49,9 @@ class PipelineStats:
     ``wall_s`` for the call; ``model_s`` inside ``runner.infer``; ``wait_s`` the calling thread waiting
     for the front end and packer; ``pack_s`` packing (on the packing thread when overlapped);
     ``frontend_cpu_s`` CPU time spent in the front end on all its threads; ``cpu_s`` CPU time of the
-    whole process. With packs in flight at once, ``model_s`` counts the time in which at least one was. ``pack_ms`` is each pack's model call and ``done_ms`` each image's completion time
-    from the start of the call, by input index.
+    whole process. With packs in flight at once, ``model_s`` counts the time in which at least one was.
+    ``pack_ms`` is each pack's model call and ``done_ms`` each image's completion time from the start of
+    the call, by input index.
     """
 
     packs: int = 0
