@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -286,11 +286,36 @@ class Pipeline:
 
         Fills :attr:`stats` with token counts and timers for this call.
         """
-        self.stats = PipelineStats(images=len(sources))
-        self._busy = _BusyClock()
-        t0, cpu0 = time.perf_counter(), time.process_time()
         names = {i: describe_source(s) for i, s in enumerate(sources)}
-        results: list[ImageResult | None] = [None] * len(sources)
+        # closing(): if the runner raises, the front-end threads are shut down before the error propagates;
+        # leaving the call waits for the packs still in flight.
+        with self._call(len(sources)) as (results, model), closing(self._windows(sources)) as windows:
+            for window in windows:
+                for r in window.failed:
+                    results[r.index] = r
+                    self.stats.failed += 1
+                for pack in window.packs:
+                    model.submit(pack, window.good, names)
+        return [results[i] for i in sorted(results)]
+
+    def run_packs(self, packs: Sequence[PackedBatch], prepared: dict[int, PreparedImage],
+                  names: dict[int, str] | None = None) -> list[ImageResult]:
+        """Run packs already made (by :meth:`prepare` and :attr:`packer`) with the same concurrency and timers
+        as :meth:`run`, without the front end: the model's own throughput. Results in image-index order."""
+        names = names if names is not None else {i: str(i) for i in prepared}
+        with self._call(len(prepared)) as (results, model):
+            for pack in packs:
+                model.submit(pack, prepared, names)
+        return [results[i] for i in sorted(results)]
+
+    @contextmanager
+    def _call(self, images: int) -> Iterator[tuple[dict[int, ImageResult], "_InFlight"]]:
+        """One timed call: fresh :attr:`stats`, the results by input index, and the packs in flight;
+        on leaving, waits for the packs still running and records wall and CPU time."""
+        self.stats = PipelineStats(images=images)
+        self._busy = _BusyClock()
+        results: dict[int, ImageResult] = {}
+        t0, cpu0 = time.perf_counter(), time.process_time()
 
         def finish(done: list[ImageResult]) -> None:
             now = 1000 * (time.perf_counter() - t0)
@@ -298,47 +323,12 @@ class Pipeline:
                 results[res.index] = res
                 self.stats.done_ms[res.index] = now
 
-        # closing(): if the runner raises, the front-end threads are shut down before the error propagates;
-        # leaving the scheduler waits for the packs still in flight.
-        with closing(self._windows(sources)) as windows, self._in_flight(finish) as model:
-            for window in windows:
-                for r in window.failed:
-                    results[r.index] = r
-                    self.stats.failed += 1
-                for pack in window.packs:
-                    model.submit(pack, window.good, names)
-        self.stats.wall_s = time.perf_counter() - t0
-        self.stats.cpu_s = time.process_time() - cpu0
-        return [r for r in results if r is not None]
-
-    def run_packs(self, packs: Sequence[PackedBatch], prepared: dict[int, PreparedImage],
-                  names: dict[int, str] | None = None) -> list[ImageResult]:
-        """Run packs already made (by :meth:`prepare` and :attr:`packer`) with the same concurrency and timers
-        as :meth:`run`, without the front end: the model's own throughput. Results in image-index order."""
-        n = len(prepared)
-        self.stats = PipelineStats(images=n)
-        self._busy = _BusyClock()
-        names = names if names is not None else {i: str(i) for i in prepared}
-        out: dict[int, ImageResult] = {}
-        t0, cpu0 = time.perf_counter(), time.process_time()
-
-        def finish(done: list[ImageResult]) -> None:
-            now = 1000 * (time.perf_counter() - t0)
-            for res in done:
-                out[res.index] = res
-                self.stats.done_ms[res.index] = now
-
-        with self._in_flight(finish) as model:
-            for pack in packs:
-                model.submit(pack, prepared, names)
-        self.stats.wall_s = time.perf_counter() - t0
-        self.stats.cpu_s = time.process_time() - cpu0
-        return [out[i] for i in sorted(out)]
-
-    def _in_flight(self, finish: Callable[[list[ImageResult]], None]) -> "_InFlight":
         if self.concurrency > 1:
             self.runner.activate()  # once, before concurrent calls race to activate it
-        return _InFlight(self.run_pack, self.concurrency, finish)
+        with _InFlight(self.run_pack, self.concurrency, finish) as model:
+            yield results, model
+        self.stats.wall_s = time.perf_counter() - t0
+        self.stats.cpu_s = time.process_time() - cpu0
 
     def stream(self, sources: Iterable[ImageSource], buffer: int = 16, min_fill: float = 0.9) -> Iterator[ImageResult]:
         """Results for an unbounded stream (e.g. a camera), in input order, holding at most ``buffer`` images.
