@@ -19,6 +19,10 @@ class ImageDecodeError(ImageError):
     """The file or buffer is missing, empty, truncated, corrupt, not an image, or of an unsupported mode."""
 
 
+class UnsupportedInputError(ImageDecodeError):
+    """The input is not something the front end takes (None, a number, a list, ...): not an image at all."""
+
+
 class ImageTooLargeError(ImageError):
     """The image exceeds the decompression-bomb pixel limit."""
 

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from navit_deploy.compile.plugin_lib import SUPPORTED_HEAD_DIMS
 from navit_deploy.compile.profiles import PackProfile
 from navit_deploy.errors import ArtifactMismatchError, ConfigError, PluginError
 from navit_deploy.export.lowerings import get_lowering
-from navit_deploy.runtime.artifact import DeploymentArtifact
+from navit_deploy.runtime.artifact import DeploymentArtifact, sha256_file  # noqa: F401  (sha256_file: re-exported)
 
 ENGINE_KEY = "engine"
 ENGINE_SECTION_FORMAT = 1
@@ -30,14 +29,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 TRT_NATIVE_MIN_VERSION = (11, 1)
 QUANTIZE_HINT = ("produce an explicitly quantized (Q/DQ) ONNX model with `navit quantize --onnx MODEL.onnx --precision "
                  "int8 --out MODEL.int8.onnx`, then compile that model with --precision int8")
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parse_version(text: str) -> tuple[int, ...]:

@@ -15,9 +15,9 @@ from typing import Callable, Literal, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from navit_deploy.errors import ImageDecodeError, ImageTooLargeError
+from navit_deploy.errors import ImageDecodeError, ImageTooLargeError, UnsupportedInputError
 
-ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 ChannelOrder = Literal["RGB", "BGR"]
 
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
@@ -32,8 +32,10 @@ def describe_source(src: object) -> str:
     """Short human-readable name of an image source for error messages."""
     if isinstance(src, (str, os.PathLike)):
         return str(src)
-    if isinstance(src, bytes):
+    if isinstance(src, (bytes, bytearray)):
         return f"<{len(src)} bytes>"
+    if isinstance(src, memoryview):
+        return f"<{src.nbytes} bytes>"
     if isinstance(src, np.ndarray):
         return f"<array {src.shape} {src.dtype}>"
     if isinstance(src, Image.Image):
@@ -70,6 +72,8 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
 
 
 def _from_array(arr: np.ndarray, channel_order: ChannelOrder, name: str) -> Image.Image:
+    """A numpy frame as an RGB image: HxW and HxWx1 grey, HxWx3 in ``channel_order``, HxWx4 with alpha in
+    ``channel_order`` + A, composited on white exactly as an RGBA PIL image is (see :func:`_to_rgb`)."""
     if arr.dtype != np.uint8:
         raise ImageDecodeError(f"{name}: numpy frames must be uint8 (HWC or HW), got dtype {arr.dtype}")
     if arr.ndim == 2:
@@ -80,10 +84,11 @@ def _from_array(arr: np.ndarray, channel_order: ChannelOrder, name: str) -> Imag
         raise ImageDecodeError(f"{name}: empty frame of shape {arr.shape}")
     if arr.shape[2] == 1:
         return Image.fromarray(np.ascontiguousarray(arr[:, :, 0]), mode="L").convert("RGB")
-    rgb = arr[:, :, :3]
     if channel_order == "BGR":
-        rgb = rgb[:, :, ::-1]
-    return Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+        arr = arr[:, :, [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[:, :, ::-1]
+    if arr.shape[2] == 4:
+        return _to_rgb(Image.fromarray(np.ascontiguousarray(arr), mode="RGBA"), name)
+    return Image.fromarray(np.ascontiguousarray(arr), mode="RGB")
 
 
 def load_image(
@@ -95,16 +100,23 @@ def load_image(
 ) -> Image.Image:
     """Decode ``src`` into an RGB PIL image with EXIF orientation applied.
 
-    ``src`` may be a path, encoded bytes, a PIL image or a numpy frame (HxWx3 uint8 in
-    ``channel_order``; OpenCV hands frames as ``"BGR"``). Raises :class:`ImageDecodeError` for missing,
-    empty, corrupt, truncated or non-image inputs and :class:`ImageTooLargeError` past ``max_image_pixels``
-    (decompression-bomb guard, checked from the header before any pixel is decoded).
+    ``src`` may be a path, encoded bytes (``bytes``, ``bytearray`` or ``memoryview``), a PIL image or a numpy
+    frame (HxWx3 uint8 in ``channel_order``, OpenCV hands frames as ``"BGR"``; HxWx4 with alpha, composited
+    on white like an RGBA PIL image; HxW grey). Raises :class:`ImageDecodeError` for missing, empty,
+    corrupt, truncated or non-image inputs, :class:`UnsupportedInputError` for anything else (None, a
+    number, a list), and :class:`ImageTooLargeError` past ``max_image_pixels`` (decompression-bomb guard,
+    checked from the header before any pixel is decoded).
 
     ``draft_to(width, height) -> (tw, th)`` gives the size the caller will resize to (in display
     orientation). JPEGs are then decoded directly at the smallest DCT scale (1/2, 1/4, 1/8) that still
     leaves at least twice that size, which cuts decoding time for large photos and scans several-fold.
     """
     name = describe_source(src)
+    if isinstance(src, (bytearray, memoryview)):
+        src = bytes(src)
+    if not isinstance(src, (str, os.PathLike, bytes, Image.Image, np.ndarray)):
+        raise UnsupportedInputError(f"{name}: not an image input; pass a file path, encoded image bytes, a PIL "
+                                    "image or a numpy uint8 frame (HxW, HxWx3 or HxWx4)")
     if isinstance(src, np.ndarray):
         img = _from_array(src, channel_order, name)
         _check_pixels(img.size, max_image_pixels, name)

@@ -134,41 +134,30 @@ class Packer:
     pack_len: int = 1024
     max_images: int = 64
 
+    def build(self, items: Sequence[Packable], indices: Sequence[int]) -> PackedBatch:
+        """One pack of ``items`` (at most ``pack_len`` tokens and ``max_images`` images), padded to ``pack_len``."""
+        return build_pack(items, indices, self.pack_len)
+
     def pack(self, items: Sequence[Packable], indices: Sequence[int] | None = None) -> list[PackedBatch]:
         """Pack all ``items``; ``indices`` (default ``0..n-1``) are the caller's positions reported back."""
         if indices is None:
             indices = range(len(items))
         indices = list(indices)
         bins = first_fit_decreasing([it.num_tokens for it in items], self.pack_len, self.max_images)
-        return [build_pack([items[i] for i in b], [indices[i] for i in b], self.pack_len) for b in bins]
+        return [self.build([items[i] for i in b], [indices[i] for i in b]) for b in bins]
 
-    def stream(self, items: Iterable[tuple[int, Packable]], buffer: int = 64, min_fill: float = 0.98) -> Iterator[PackedBatch]:
+    def stream(self, items: Iterable[tuple[int, Packable]], buffer: int = 64, min_fill: float = 0.98,
+               max_delay: int | None = None) -> Iterator[PackedBatch]:
         """Pack an unbounded stream of ``(index, item)`` pairs holding at most ``buffer`` items at a time.
 
-        Each round packs the buffered items with FFD, emits the packs filled to at least ``min_fill``,
-        and carries the rest into the next round, so memory stays bounded and padding stays low.
-        Everything left is flushed when the stream ends.
+        A pack runs once it is filled to ``min_fill``, or when one of its items has waited for ``max_delay``
+        later items (default ``buffer``), or when ``buffer`` items wait; everything left is flushed when the
+        stream ends. So memory stays bounded, and no item waits indefinitely for pack-mates. For a live
+        feed with time bounds, see :meth:`navit_deploy.runtime.Pipeline.stream`.
         """
-        pending: list[tuple[int, Packable]] = []
-        for pair in items:
-            pending.append(pair)
-            if len(pending) >= buffer:
-                pending, ready = self._round(pending, min_fill)
-                yield from ready
-        while pending:
-            pending, ready = self._round(pending, 0.0)
-            yield from ready
+        from navit_deploy.packing.streaming import StreamPolicy, stream_packs
 
-    def _round(self, pending: list[tuple[int, Packable]], min_fill: float) -> tuple[list[tuple[int, Packable]], list[PackedBatch]]:
-        bins = first_fit_decreasing([it.num_tokens for _, it in pending], self.pack_len, self.max_images)
-        fill = [sum(pending[i][1].num_tokens for i in b) for b in bins]
-        chosen = [b for b, f in zip(bins, fill) if f >= min_fill * self.pack_len or len(b) >= self.max_images]
-        if not chosen:
-            # Nothing reached min_fill: emit the fullest pack so the stream always makes progress.
-            chosen = [bins[int(np.argmax(fill))]]
-        used = {i for b in chosen for i in b}
-        ready = [build_pack([pending[i][1] for i in b], [pending[i][0] for i in b], self.pack_len) for b in chosen]
-        return [p for i, p in enumerate(pending) if i not in used], ready
+        yield from stream_packs(self, items, StreamPolicy(buffer, min_fill, max_delay))
 
 
 def padding_fraction(packs: Sequence[PackedBatch]) -> float:

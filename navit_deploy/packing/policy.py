@@ -17,11 +17,10 @@ near the per-image ideal:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from navit_deploy.packing.packer import PackedBatch, Packer
-from navit_deploy.packing.packer import Packable
+from navit_deploy.packing.packer import Packable, PackedBatch, Packer
 
 MIN_PACK_TOKENS = 2  # the exported graphs' smallest token axis
 
@@ -44,12 +43,8 @@ class BucketedPacker(Packer):
 
     bucket: int = 1
 
-    def pack(self, items: Sequence[Packable], indices: Sequence[int] | None = None) -> list[PackedBatch]:
-        return [trim_pack(p, self.bucket) for p in super().pack(items, indices)]
-
-    def stream(self, items: Iterable[tuple[int, Packable]], buffer: int = 64, min_fill: float = 0.98) -> Iterator[PackedBatch]:
-        for p in super().stream(items, buffer=buffer, min_fill=min_fill):
-            yield trim_pack(p, self.bucket)
+    def build(self, items: Sequence[Packable], indices: Sequence[int]) -> PackedBatch:
+        return trim_pack(super().build(items, indices), self.bucket)
 
     def describe(self) -> str:
         how = "padded" if self.bucket <= 0 else ("cut to fill" if self.bucket == 1 else f"cut to x{self.bucket}")

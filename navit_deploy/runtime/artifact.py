@@ -6,7 +6,9 @@ Stored twice, identically: as ONNX metadata (key ``navit_deploy``) and as a JSON
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,18 +76,81 @@ def write_sidecar(model_path: str | Path, artifact: DeploymentArtifact) -> Path:
     return path
 
 
-def read_artifact(model_path: str | Path, metadata: dict[str, str] | None = None) -> DeploymentArtifact:
-    """Read the artifact from ``metadata`` (e.g. ONNX Runtime's custom metadata map) or the sidecar.
+def check_io_shapes(artifact: DeploymentArtifact, inputs: dict[str, list[Any]], outputs: dict[str, list[Any]]) -> list[str]:
+    """What in a model's input/output shapes contradicts its artifact (patch width, embedding width); empty when
+    nothing does. Symbolic dimensions (names, None) are not checked."""
+    want = {"patches": (inputs, artifact.frontend.patch_dim, "patch width (C*p*p)"),
+            "coords": (inputs, 2, "coordinate width"),
+            "embeddings": (outputs, artifact.dim, "embedding width")}
+    problems = []
+    for name, (shapes, size, what) in want.items():
+        shape = shapes.get(name)
+        if shape is None or len(shape) != 2:
+            problems.append(f"{name!r} should be 2-D, got {shape}")
+            continue
+        if isinstance(shape[1], int) and size is not None and shape[1] != size:
+            problems.append(f"{name!r} has {what} {shape[1]}, the artifact says {size}")
+    return problems
 
-    Raises :class:`ArtifactMismatchError` when neither holds one: the file is not a NaViT export.
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes: ties artifacts to the exact file they describe."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _parse(text: str, where: str) -> DeploymentArtifact:
+    try:
+        return DeploymentArtifact.from_dict(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise ArtifactMismatchError(f"{where}: unreadable artifact description ({exc})") from exc
+    except ArtifactMismatchError as exc:
+        raise ArtifactMismatchError(f"{where}: {exc}") from exc
+
+
+def _differences(a: DeploymentArtifact, b: DeploymentArtifact) -> list[str]:
+    da, db = a.to_dict(), b.to_dict()
+    keys = sorted(set(da) | set(db))
+    out = []
+    for k in keys:
+        va, vb = da.get(k), db.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += [f"{k}.{kk}" for kk in sorted(set(va) | set(vb)) if va.get(kk) != vb.get(kk)]
+        elif va != vb:
+            out.append(k)
+    return out
+
+
+def read_artifact(model_path: str | Path, metadata: dict[str, str] | None = None) -> DeploymentArtifact:
+    """The artifact description of a model: its embedded metadata (e.g. ONNX Runtime's custom metadata map),
+    else its sidecar.
+
+    The metadata inside the model wins, and a sidecar beside it must say the same: a sidecar that
+    disagrees (another hash, another patch size) or cannot be read is refused, since one of the two is
+    stale and the runtime cannot tell which the user meant. Raises :class:`ArtifactMismatchError` for that,
+    and when neither holds a description (the file is not a NaViT export).
     """
-    if metadata and METADATA_KEY in metadata:
-        return DeploymentArtifact.from_dict(json.loads(metadata[METADATA_KEY]))
     side = sidecar_path(model_path)
+    embedded = metadata.get(METADATA_KEY) if metadata else None
+    if embedded is not None:
+        art = _parse(embedded, f"{model_path} (metadata)")
+        if side.is_file():
+            try:
+                beside = _parse(side.read_text(), str(side))
+            except ArtifactMismatchError as exc:
+                raise ArtifactMismatchError(f"{exc}. The description inside {Path(model_path).name} is the one that "
+                                            f"counts: delete or rewrite {side.name} (re-export writes both)") from exc
+            diff = _differences(art, beside)
+            if diff:
+                raise ArtifactMismatchError(
+                    f"{side.name} disagrees with the metadata inside {Path(model_path).name} on {', '.join(diff[:6])}: "
+                    "one of them is stale. The metadata in the model is the one that counts; delete the sidecar or "
+                    "re-export (which writes both)")
+        return art
     if side.is_file():
-        try:
-            return DeploymentArtifact.from_dict(json.loads(side.read_text()))
-        except json.JSONDecodeError as exc:
-            raise ArtifactMismatchError(f"{side}: unreadable sidecar ({exc})") from exc
+        return _parse(side.read_text(), str(side))
     raise ArtifactMismatchError(f"{model_path} is not a navit-deploy export: no '{METADATA_KEY}' metadata and no "
                                 f"{side.name} sidecar. Export it with `navit export`.")

@@ -24,12 +24,13 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from navit_deploy.errors import ImageError
 from navit_deploy.frontend import FrontendConfig, ImageSource, PreparedImage, describe_source, prepare_image
 from navit_deploy.frontend.loading import ChannelOrder
-from navit_deploy.packing import PackedBatch, Packer
+from navit_deploy.packing import PackedBatch, Packer, StreamPolicy
+from navit_deploy.runtime.memory import trim_heap
 from navit_deploy.runtime.results import ImageResult
 from navit_deploy.runtime.runner import Runner
 
@@ -40,10 +41,16 @@ def _default_workers() -> int:
 
 _CPU_LOCK = threading.Lock()
 
+# How long a streamed frame waits for pack-mates that have not arrived yet, by default: not at all. Frames
+# that are ready together (a backlog, when the model is the bottleneck) still share packs; a frame alone
+# runs at once, since at 30 FPS its next pack-mate is 33 ms away and the model is idle meanwhile
+# (`python -m navit_deploy.bench.soak`: camera latency p50 67 ms with 0, 163 ms with 40 ms, same FPS).
+DEFAULT_MAX_DELAY_MS = 0.0
+
 
 @dataclass
 class PipelineStats:
-    """Counters and timers for the last call.
+    """Counters and timers of one call (:meth:`Pipeline.run`, :meth:`~Pipeline.run_packs`, or a stream).
 
     Tokens: packs run, tokens computed (incl. padding) and valid tokens. Time (seconds, ``run`` only):
     ``wall_s`` for the call; ``model_s`` inside ``runner.infer``; ``wait_s`` the calling thread waiting
@@ -51,7 +58,7 @@ class PipelineStats:
     ``frontend_cpu_s`` CPU time spent in the front end on all its threads; ``cpu_s`` CPU time of the
     whole process. With packs in flight at once, ``model_s`` counts the time in which at least one was.
     ``pack_ms`` is each pack's model call and ``done_ms`` each image's completion time from the start of
-    the call, by input index.
+    the call, by input index (``run`` and ``run_packs``; a stream, which never ends, keeps the counters only).
     """
 
     packs: int = 0
@@ -111,6 +118,15 @@ class _BusyClock:
         return now - entered
 
 
+@dataclass
+class _Call:
+    """One call's own counters and model clock, so that calls on one pipeline from several threads do not mix."""
+
+    stats: PipelineStats
+    busy: _BusyClock = field(default_factory=_BusyClock)
+    per_pack: bool = True  # keep per-pack times and shapes (not in streams, which never end)
+
+
 class _InFlight:
     """Runs packs with at most ``limit`` in flight, handing each pack's results to ``finish`` (on the
     calling thread). A pool of ``limit - 1`` threads takes packs while it has room; when it is full the
@@ -167,6 +183,13 @@ class Pipeline:
     up to ``window`` images (default: a quarter of the call, 8 to 64). The packer packs each window on
     its own (first-fit-decreasing within it), so larger windows pack tighter and smaller ones start the
     model sooner.
+
+    ``trim_memory``: after a call, hand the heap pages freed by the front-end threads back to the OS (glibc
+    ``malloc_trim``, at most once a second; see :mod:`navit_deploy.runtime.memory`).
+
+    A pipeline may be shared by threads (each call keeps its own counters). :attr:`stats` holds the
+    counters of the last call to finish (of a stream: the one running, updated as it goes); with several
+    threads, pass ``stats=PipelineStats()`` to :meth:`run` to get your own call's.
     """
 
     runner: Runner
@@ -176,20 +199,25 @@ class Pipeline:
     workers: int = field(default_factory=_default_workers)
     window: int | None = None
     prefetch: int = 2
+    trim_memory: bool = True
     stats: PipelineStats = field(default_factory=PipelineStats)
-    _busy: _BusyClock = field(default_factory=_BusyClock, init=False, repr=False)
 
-    def prepare(self, index: int, src: ImageSource) -> PreparedImage | ImageResult:
-        """Front end for one image; an error result instead of an exception for a bad image."""
+    def prepare(self, index: int, src: ImageSource, stats: PipelineStats | None = None) -> PreparedImage | ImageResult:
+        """Front end for one image; an error result instead of an exception for a bad image (or an input of a
+        type the front end does not take). Its CPU time is added to ``stats`` when given."""
         name = describe_source(src)
         cpu0 = time.thread_time()
         try:
             prepared = prepare_image(src, self.frontend, channel_order=self.channel_order)
         except ImageError as exc:
             return ImageResult(index, name, error=str(exc), error_type=type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - one input's surprise must not cost the others their results
+            return ImageResult(index, name, error=f"{name}: the front end failed on this input "
+                               f"({type(exc).__name__}: {exc})", error_type="ImageDecodeError")
         finally:
-            with _CPU_LOCK:
-                self.stats.frontend_cpu_s += time.thread_time() - cpu0
+            if stats is not None:
+                with _CPU_LOCK:
+                    stats.frontend_cpu_s += time.thread_time() - cpu0
         if prepared.num_tokens > self.packer.pack_len:
             return ImageResult(index, name, error=f"{name}: {prepared.num_tokens} tokens exceed the pack length "
                                f"{self.packer.pack_len}; lower the budget or raise the pack length",
@@ -217,7 +245,7 @@ class Pipeline:
             size = min(full, 2 * size)
         return bounds
 
-    def _pack_window(self, items: list[tuple[int, PreparedImage | ImageResult]]) -> _Window:
+    def _pack_window(self, items: list[tuple[int, PreparedImage | ImageResult]], stats: PipelineStats) -> _Window:
         """Split a prepared window into error results and good images, and pack the good ones."""
         t = time.perf_counter()
         window = _Window()
@@ -228,16 +256,16 @@ class Pipeline:
                 window.good[i] = r
         if window.good:
             window.packs = self.packer.pack(list(window.good.values()), list(window.good))
-        self.stats.pack_s += time.perf_counter() - t
+        stats.pack_s += time.perf_counter() - t
         return window
 
-    def _windows(self, sources: Sequence[ImageSource]) -> Iterator[_Window]:
+    def _windows(self, sources: Sequence[ImageSource], stats: PipelineStats) -> Iterator[_Window]:
         """Packed windows in input order. With workers, the pool prepares up to ``prefetch`` windows ahead
         and one more thread packs each window as soon as it is prepared, both off the calling thread."""
         bounds = self.window_bounds(len(sources))
         if len(sources) <= 1 or self.workers < 1:
             for a, b in bounds:
-                yield self._pack_window([(i, self.prepare(i, sources[i])) for i in range(a, b)])
+                yield self._pack_window([(i, self.prepare(i, sources[i], stats)) for i in range(a, b)], stats)
             return
         with ThreadPoolExecutor(self.workers) as pool, ThreadPoolExecutor(1) as packing:
             pending: deque[Future] = deque()
@@ -246,33 +274,37 @@ class Pipeline:
             def submit_next() -> None:
                 ab = next(todo, None)
                 if ab is not None:
-                    futures = [(i, pool.submit(self.prepare, i, sources[i])) for i in range(*ab)]
-                    pending.append(packing.submit(lambda fs: self._pack_window([(i, f.result()) for i, f in fs]),
-                                                  futures))
+                    futures = [(i, pool.submit(self.prepare, i, sources[i], stats)) for i in range(*ab)]
+                    pending.append(packing.submit(
+                        lambda fs: self._pack_window([(i, f.result()) for i, f in fs], stats), futures))
 
             for _ in range(1 + max(0, self.prefetch)):
                 submit_next()
             while pending:
                 t = time.perf_counter()
                 window = pending.popleft().result()
-                self.stats.wait_s += time.perf_counter() - t
+                stats.wait_s += time.perf_counter() - t
                 submit_next()
                 yield window
 
-    def run_pack(self, pack: PackedBatch, prepared: dict[int, PreparedImage], names: dict[int, str]) -> list[ImageResult]:
-        """Infer one pack and unpack its rows into results keyed by the caller's indices."""
-        t = self._busy.enter()
+    def run_pack(self, pack: PackedBatch, prepared: Mapping[int, PreparedImage], names: Mapping[int, str],
+                 call: _Call | None = None) -> list[ImageResult]:
+        """Infer one pack and unpack its rows into results keyed by the caller's indices (counted in ``call``)."""
+        call = call or _Call(PipelineStats())
+        t = call.busy.enter()
         try:
             out = self.runner.infer(pack)
         finally:
-            dt = self._busy.leave(t)
+            dt = call.busy.leave(t)
+        st = call.stats
         with _CPU_LOCK:
-            self.stats.model_s = self._busy.busy_s
-            self.stats.pack_ms.append(1000 * dt)
-            self.stats.pack_shapes.append((pack.pack_len, pack.seqlens.tolist()))
-            self.stats.packs += 1
-            self.stats.computed_tokens += pack.pack_len
-            self.stats.valid_tokens += pack.num_valid
+            st.model_s = call.busy.busy_s
+            if call.per_pack:
+                st.pack_ms.append(1000 * dt)
+                st.pack_shapes.append((pack.pack_len, pack.seqlens.tolist()))
+            st.packs += 1
+            st.computed_tokens += pack.pack_len
+            st.valid_tokens += pack.num_valid
         results = []
         for row, idx in enumerate(pack.image_index.tolist()):
             p = prepared[idx]
@@ -281,39 +313,42 @@ class Pipeline:
                                        original_size=p.original_size))
         return results
 
-    def run(self, sources: Sequence[ImageSource]) -> list[ImageResult]:
+    def run(self, sources: Sequence[ImageSource], stats: PipelineStats | None = None) -> list[ImageResult]:
         """Process ``sources`` (paths, bytes, PIL images, numpy frames); one result per input, in order.
 
-        Fills :attr:`stats` with token counts and timers for this call.
+        Token counts and timers of this call go to ``stats`` when given (pass a new :class:`PipelineStats`),
+        and to :attr:`stats` when the call ends.
         """
         names = {i: describe_source(s) for i, s in enumerate(sources)}
         # closing(): if the runner raises, the front-end threads are shut down before the error propagates;
         # leaving the call waits for the packs still in flight.
-        with self._call(len(sources)) as (results, model), closing(self._windows(sources)) as windows:
+        with self._call(len(sources), stats) as (results, model, call), \
+                closing(self._windows(sources, call.stats)) as windows:
             for window in windows:
                 for r in window.failed:
                     results[r.index] = r
-                    self.stats.failed += 1
+                    call.stats.failed += 1
                 for pack in window.packs:
-                    model.submit(pack, window.good, names)
+                    model.submit(pack, window.good, names, call)
         return [results[i] for i in sorted(results)]
 
-    def run_packs(self, packs: Sequence[PackedBatch], prepared: dict[int, PreparedImage],
-                  names: dict[int, str] | None = None) -> list[ImageResult]:
+    def run_packs(self, packs: Sequence[PackedBatch], prepared: Mapping[int, PreparedImage],
+                  names: Mapping[int, str] | None = None, stats: PipelineStats | None = None) -> list[ImageResult]:
         """Run packs already made (by :meth:`prepare` and :attr:`packer`) with the same concurrency and timers
         as :meth:`run`, without the front end: the model's own throughput. Results in image-index order."""
         names = names if names is not None else {i: str(i) for i in prepared}
-        with self._call(len(prepared)) as (results, model):
+        with self._call(len(prepared), stats) as (results, model, call):
             for pack in packs:
-                model.submit(pack, prepared, names)
+                model.submit(pack, prepared, names, call)
         return [results[i] for i in sorted(results)]
 
     @contextmanager
-    def _call(self, images: int) -> Iterator[tuple[dict[int, ImageResult], "_InFlight"]]:
-        """One timed call: fresh :attr:`stats`, the results by input index, and the packs in flight;
-        on leaving, waits for the packs still running and records wall and CPU time."""
-        self.stats = PipelineStats(images=images)
-        self._busy = _BusyClock()
+    def _call(self, images: int, stats: PipelineStats | None
+              ) -> Iterator[tuple[dict[int, ImageResult], "_InFlight", _Call]]:
+        """One timed call: its own stats, the results by input index, and the packs in flight; on leaving,
+        waits for the packs still running, records wall and CPU time and publishes the stats."""
+        call = _Call(stats if stats is not None else PipelineStats())
+        call.stats.images = images
         results: dict[int, ImageResult] = {}
         t0, cpu0 = time.perf_counter(), time.process_time()
 
@@ -321,46 +356,32 @@ class Pipeline:
             now = 1000 * (time.perf_counter() - t0)
             for res in done:
                 results[res.index] = res
-                self.stats.done_ms[res.index] = now
+                call.stats.done_ms[res.index] = now
 
         if self.concurrency > 1:
             self.runner.activate()  # once, before concurrent calls race to activate it
         with _InFlight(self.run_pack, self.concurrency, finish) as model:
-            yield results, model
-        self.stats.wall_s = time.perf_counter() - t0
-        self.stats.cpu_s = time.process_time() - cpu0
+            yield results, model, call
+        call.stats.wall_s = time.perf_counter() - t0
+        call.stats.cpu_s = time.process_time() - cpu0
+        self.stats = call.stats
+        if self.trim_memory:
+            trim_heap()
 
-    def stream(self, sources: Iterable[ImageSource], buffer: int = 16, min_fill: float = 0.9) -> Iterator[ImageResult]:
-        """Results for an unbounded stream (e.g. a camera), in input order, holding at most ``buffer`` images.
+    def stream(self, sources: Iterable[ImageSource], buffer: int = 8, min_fill: float = 0.9,
+               max_delay_frames: int | None = None, max_delay_ms: float = DEFAULT_MAX_DELAY_MS) -> Iterator[ImageResult]:
+        """Results for an unbounded stream (e.g. a camera), in input order, holding at most ``buffer`` inputs.
 
-        Smaller ``buffer``/``min_fill`` lower latency; larger ones lower padding.
+        Every input gets its result within bounds: it waits for pack-mates for at most ``max_delay_frames``
+        later inputs (default ``buffer``) and ``max_delay_ms`` (default 0: frames that are ready together
+        share packs, and a frame alone runs at once); with a delay above 0 a pack filled to ``min_fill``
+        runs without waiting. A thread pulls inputs from ``sources`` and runs the front end on them while
+        the model runs, never more than ``buffer`` inputs ahead of the results handed back, so memory is
+        constant however long the stream runs. See :class:`~navit_deploy.packing.StreamPolicy`. The time
+        bound holds while the caller keeps pulling results; ``sources`` is iterated on that thread.
+        :attr:`stats` is this stream's, updated as it runs.
         """
-        self.stats = PipelineStats()
-        self._busy = _BusyClock()
-        prepared: dict[int, PreparedImage] = {}
-        names: dict[int, str] = {}
-        done: dict[int, ImageResult] = {}
-        next_out = 0
+        from navit_deploy.runtime.streaming import run_stream
 
-        def items() -> Iterator[tuple[int, PreparedImage]]:
-            for i, src in enumerate(sources):
-                self.stats.images += 1
-                names[i] = describe_source(src)
-                r = self.prepare(i, src)
-                if isinstance(r, ImageResult):
-                    self.stats.failed += 1
-                    done[i] = r
-                    continue
-                prepared[i] = r
-                yield i, r
-
-        for pack in self.packer.stream(items(), buffer=buffer, min_fill=min_fill):
-            for res in self.run_pack(pack, prepared, names):
-                done[res.index] = res
-                prepared.pop(res.index, None)
-            while next_out in done:
-                yield done.pop(next_out)
-                next_out += 1
-        while next_out in done:
-            yield done.pop(next_out)
-            next_out += 1
+        policy = StreamPolicy(buffer, min_fill, max_delay_frames, max_delay_ms)
+        yield from run_stream(self, sources, policy)

@@ -225,7 +225,7 @@ def test_model_only_rate_times_the_packs_not_the_front_end(exported, concurrency
     rates = mo.rates
     assert len(rates) == 2 and slow.calls == 2 * 6 and (mo.images, mo.packs) == (6, 6)
     ceiling = 6 / (6 * 0.05 / concurrency)  # 6 packs of >= 50 ms each, `concurrency` at a time
-    assert all(0.4 * ceiling < r <= ceiling for r in rates)
+    assert all(0.4 * ceiling < r <= ceiling for r in rates), (rates, ceiling)
 
 
 def test_cli_writes_json_and_pngs(tiny_model_dir, exported, tmp_path, capsys):

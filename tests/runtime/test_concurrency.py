@@ -124,3 +124,36 @@ def test_default_concurrency(monkeypatch, cpus, provider, want):
 def test_bad_concurrency_or_threads_is_a_clear_error(exported, kw, match):
     with pytest.raises(ValueError, match=match):
         OnnxRunner(exported("dense"), **kw)
+
+
+def test_threads_sharing_a_pipeline_get_serial_results_and_their_own_stats(exported):
+    # Eight threads calling run on one pipeline (one runner): each gets exactly the serial results for its own
+    # inputs, and the stats it passed describe its own call, not a neighbour's.
+    from navit_deploy.runtime import PipelineStats
+
+    with OnnxRunner(exported("dense")) as r:
+        pipe = Pipeline(r, r.artifact.frontend, Packer(256, 8), workers=2)
+        calls = [_images(3 + k, seed=20 + k) + ([b"junk"] if k % 2 else []) for k in range(8)]
+        serial = [pipe.run(c) for c in calls]
+        got: dict[int, tuple] = {}
+        start = threading.Barrier(8)
+
+        def work(k: int) -> None:
+            stats = PipelineStats()
+            start.wait(timeout=30)
+            got[k] = (pipe.run(calls[k], stats=stats), stats)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert sorted(got) == list(range(8))
+    for k, (results, stats) in got.items():
+        assert [x.ok for x in results] == [x.ok for x in serial[k]]
+        for x, s in zip(results, serial[k]):
+            if x.ok:
+                np.testing.assert_allclose(x.embedding, s.embedding, atol=1e-6)
+        assert stats.images == len(calls[k]) and stats.failed == k % 2
+        assert stats.valid_tokens == sum(x.tokens for x in results if x.ok)
+        assert sorted(stats.done_ms) == [i for i, x in enumerate(results) if x.ok]
