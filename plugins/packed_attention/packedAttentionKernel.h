@@ -45,6 +45,10 @@ enum PackedAttentionAlgo : int32_t
     kPACKED_ATTENTION_ALGO_TENSOR_CORE = 2, //!< WMMA fp16 x fp16 -> fp32 kernel, fp16 inputs only
 };
 
+//! Revision of the kernels' code. Part of the plugin's timing cache ID, so that timings cached for another
+//! revision are not reused: bump it whenever a kernel, its tile choice or its launch changes.
+constexpr int32_t kPACKED_ATTENTION_KERNEL_REVISION = 1;
+
 //! True for the head dims the kernels are instantiated for.
 inline bool isSupportedHeadDim(int32_t headDim)
 {

@@ -254,6 +254,32 @@ IPluginV3* create(IPluginCreatorV3One* c, int32_t heads, int32_t headDim, float 
     return c->createPlugin("layer", &fc, phase);
 }
 
+std::string timingCacheId(IPluginV3* plugin)
+{
+    CHECK(plugin != nullptr);
+    auto* b = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
+    char const* id = b->getTimingCacheID();
+    CHECK(id != nullptr && id[0] != '\0'); // nullptr would disable timing caching for the plugin altogether
+    std::string result = id;
+    delete plugin;
+    return result;
+}
+
+//! The timing cache ID is set, depends on the fields that change the kernel (num_heads, head_dim) and not on
+//! scale, and survives clone().
+void checkTimingCacheId(IPluginCreatorV3One* creator, IPluginV3OneBuild* build)
+{
+    std::string const id = build->getTimingCacheID();
+    CHECK(id.find("num_heads=2") != std::string::npos && id.find("head_dim=64") != std::string::npos);
+    CHECK(timingCacheId(create(creator, 2, 128, 0.F, TensorRTPhase::kBUILD)) != id);
+    CHECK(timingCacheId(create(creator, 4, 64, 0.F, TensorRTPhase::kBUILD)) != id);
+    CHECK(timingCacheId(create(creator, 2, 64, 0.5F, TensorRTPhase::kBUILD)) == id);
+    IPluginV3* original = create(creator, 2, 64, 0.F, TensorRTPhase::kBUILD);
+    CHECK(original != nullptr);
+    CHECK(timingCacheId(original->clone()) == id);
+    delete original;
+}
+
 void exercisePlugin(IPluginCreatorV3One* creator)
 {
     CHECK(std::strcmp(creator->getPluginName(), "NavitPackedAttention") == 0);
@@ -326,6 +352,7 @@ void exercisePlugin(IPluginCreatorV3One* creator)
     io[2].max = dims2(4096, 128);
     CHECK(build->getWorkspaceSize(io, 4, io + 4, 1) == 0);
     CHECK(std::string(build->getMetadataString()).find("head_dim=64") != std::string::npos);
+    checkTimingCacheId(creator, build);
 
     PluginTensorDesc rt[5]{};
     for (int i = 0; i < 5; ++i)
@@ -357,6 +384,7 @@ void exercisePlugin(IPluginCreatorV3One* creator)
     auto* restoredBuild
         = static_cast<IPluginV3OneBuild*>(restored->getCapabilityInterface(PluginCapabilityType::kBUILD));
     CHECK(std::strcmp(restoredBuild->getMetadataString(), build->getMetadataString()) == 0);
+    CHECK(std::strcmp(restoredBuild->getTimingCacheID(), build->getTimingCacheID()) == 0);
     IPluginV3* cloned = plugin->clone();
     CHECK(cloned != nullptr && cloned != plugin);
     IPluginV3* attached = runtime->attachToContext(nullptr);
