@@ -2,7 +2,7 @@
 # Compile check (and build) of the NavitPackedAttention TensorRT plugin against a TensorRT include directory.
 # Needs only the TensorRT *headers*, nvcc and cmake; no TensorRT libraries and no GPU.
 #
-#   scripts/check_plugin_build.sh HEADERS_DIR [BUILD_DIR]   plugin + kernel library
+#   scripts/check_plugin_build.sh HEADERS_DIR [BUILD_DIR]   plugin libraries (plain + autoreg) + kernel library
 #   scripts/check_plugin_build.sh --kernel-only [BUILD_DIR] kernel library only (no headers)
 #
 # HEADERS_DIR is the directory holding NvInfer.h (e.g. /usr/include/x86_64-linux-gnu, or the include/ of a
@@ -11,9 +11,10 @@
 #
 # Environment: CUDA_ARCHS (default "87;90"), JOBS (default: nproc), CMAKE (default: cmake),
 #              NAVIT_CUDA_RUNTIME (Static|Shared, default Static).
-# Warnings in our sources are errors (-DNAVIT_WERROR=ON). After the build it checks with nm that the plugin
-# exports getCreators and setLoggerFinder (IPluginRegistry::loadLibrary, trtexec --dynamicPlugins) and the
-# C API, and that it needs no TensorRT symbol at link/load time.
+# Warnings in our sources are errors (-DNAVIT_WERROR=ON). After the build it checks with nm that both plugin
+# libraries (libnavit_packed_attention_plugin.so for IPluginRegistry::loadLibrary / trtexec --dynamicPlugins,
+# libnavit_packed_attention_plugin_autoreg.so for loaders that only dlopen) export getCreators, setLoggerFinder
+# and the C API, and that they need no TensorRT symbol at link/load time.
 set -euo pipefail
 
 usage() {
@@ -57,7 +58,7 @@ if [[ $KERNEL_ONLY -eq 1 ]]; then
     TARGETS=(navit_packed_attention_kernel)
 else
     CONFIGURE+=(-DNAVIT_KERNEL_ONLY=OFF -DNAVIT_REQUIRE_TENSORRT=ON "-DTENSORRT_INCLUDE_DIR=$HEADERS")
-    TARGETS=(navit_packed_attention_kernel navit_packed_attention_plugin)
+    TARGETS=(navit_packed_attention_kernel navit_packed_attention_plugin navit_packed_attention_plugin_autoreg)
 fi
 
 echo "== configure ($BUILD)"
@@ -82,21 +83,22 @@ check_exported "$KLIB" navitPackedAttentionLaunch
 check_exported "$KLIB" navitPackedAttentionLaunchAlgo
 
 if [[ $KERNEL_ONLY -eq 0 ]]; then
-    PLIB="$BUILD/libnavit_packed_attention_plugin.so"
-    for s in getCreators setLoggerFinder navitPackedAttentionLaunch; do
-        check_exported "$PLIB" "$s"
+    for PLIB in "$BUILD/libnavit_packed_attention_plugin.so" "$BUILD/libnavit_packed_attention_plugin_autoreg.so"; do
+        for s in getCreators setLoggerFinder navitPackedAttentionLaunch; do
+            check_exported "$PLIB" "$s"
+        done
+        # No TensorRT symbol may be needed at load time (registry and logger are found with dlsym).
+        if nm -D --undefined-only "$PLIB" | grep -E 'nvinfer1|getPluginRegistry|getLogger|createInfer|getInferLib'; then
+            echo "FAIL: $(basename "$PLIB") has undefined TensorRT symbols (listed above)" >&2
+            fail=1
+        else
+            echo "ok: $(basename "$PLIB") has no undefined TensorRT symbols"
+        fi
+        if ldd "$PLIB" 2>/dev/null | grep -q nvinfer; then
+            echo "FAIL: $(basename "$PLIB") links a TensorRT library" >&2
+            fail=1
+        fi
     done
-    # No TensorRT symbol may be needed at load time (registry and logger are found with dlsym).
-    if nm -D --undefined-only "$PLIB" | grep -E 'nvinfer1|getPluginRegistry|getLogger|createInfer|getInferLib'; then
-        echo "FAIL: the plugin has undefined TensorRT symbols (listed above)" >&2
-        fail=1
-    else
-        echo "ok: no undefined TensorRT symbols"
-    fi
-    if ldd "$PLIB" 2>/dev/null | grep -q nvinfer; then
-        echo "FAIL: the plugin links a TensorRT library" >&2
-        fail=1
-    fi
     ver="$(grep -hE '^#define (TRT|NV_TENSORRT)_(MAJOR|MINOR|PATCH)(_ENTERPRISE)? +[0-9]+' "$HEADERS/NvInferVersion.h" \
            | awk '{print $3}' | paste -sd. -)"
     echo "TensorRT headers: $HEADERS (version ${ver:-unknown})"

@@ -2,13 +2,15 @@
 
 Torch-free (only ``ctypes``/``pathlib``), so it can be imported by deployment code that has no torch.
 
-The plugin library (``libnavit_packed_attention_plugin.so``) is what TensorRT loads: pass it to
-``trtexec --dynamicPlugins``, ``polygraphy run --plugins`` or ``IPluginRegistry.load_library``. The kernel
-library (``libnavit_packed_attention_kernel.so``) exposes the same CUDA kernel through a C API
-(``navitPackedAttentionLaunch``) for tests and benchmarks without TensorRT. Both are built from
-``plugins/packed_attention`` (see its README.md)::
+The plugin library (``libnavit_packed_attention_plugin.so``) is what TensorRT loads with
+``IPluginRegistry.load_library`` (``navit compile``, the TensorRT runner) or ``trtexec --dynamicPlugins``; it
+registers nothing by itself. Loaders that only ``dlopen`` (``polygraphy run --plugins``, ONNX Runtime's
+``trt_extra_plugin_lib_paths``, ``trtexec --staticPlugins``) need ``libnavit_packed_attention_plugin_autoreg.so``,
+the same plugin with static registration. The kernel library (``libnavit_packed_attention_kernel.so``) exposes
+the same CUDA kernel through a C API (``navitPackedAttentionLaunch``) for tests and benchmarks without TensorRT.
+All are built from ``plugins/packed_attention`` (see its README.md)::
 
-    scripts/check_plugin_build.sh /path/to/TensorRT/include   # plugin + kernel library
+    scripts/check_plugin_build.sh /path/to/TensorRT/include   # plugin libraries + kernel library
     scripts/check_plugin_build.sh --kernel-only               # kernel library only
 """
 
@@ -31,6 +33,9 @@ ONNX_DOMAIN: Final[str] = "navit"
 SUPPORTED_HEAD_DIMS: Final[tuple[int, ...]] = (32, 64, 128)
 
 PLUGIN_LIBRARY_NAME: Final[str] = "libnavit_packed_attention_plugin.so"
+"""For ``IPluginRegistry.load_library`` / ``trtexec --dynamicPlugins``: no static registration."""
+AUTOREG_PLUGIN_LIBRARY_NAME: Final[str] = "libnavit_packed_attention_plugin_autoreg.so"
+"""For loaders that only dlopen (Polygraphy ``--plugins``, ONNX Runtime, ``trtexec --staticPlugins``)."""
 KERNEL_LIBRARY_NAME: Final[str] = "libnavit_packed_attention_kernel.so"
 PLUGIN_LIB_ENV: Final[str] = "NAVIT_PLUGIN_LIB"
 KERNEL_LIB_ENV: Final[str] = "NAVIT_KERNEL_LIB"
@@ -181,6 +186,7 @@ __all__ = [
     "ALGO_AUTO",
     "ALGO_SIMT",
     "ALGO_TENSOR_CORE",
+    "AUTOREG_PLUGIN_LIBRARY_NAME",
     "DEFAULT_BUILD_DIR",
     "KERNEL_LIBRARY_NAME",
     "ONNX_DOMAIN",
