@@ -9,8 +9,9 @@
 # TensorRT tarball). BUILD_DIR defaults to plugins/packed_attention/build, where
 # navit_deploy.compile.plugin_lib.find_plugin_library() looks.
 #
-# Environment: CUDA_ARCHS (default "87;90"), JOBS (default: nproc), CMAKE (default: cmake),
-#              NAVIT_CUDA_RUNTIME (Static|Shared, default Static).
+# Environment: CUDA_ARCHS (CMAKE_CUDA_ARCHITECTURES; unset: the CMakeLists.txt default, SASS for sm_80, 86, 87,
+#              89, 90 plus compute_90 PTX for newer GPUs; e.g. "90" or "87" to build one architecture fast),
+#              JOBS (default: nproc), CMAKE (default: cmake), NAVIT_CUDA_RUNTIME (Static|Shared, default Static).
 # Warnings in our sources are errors (-DNAVIT_WERROR=ON). After the build it checks with nm that both plugin
 # libraries (libnavit_packed_attention_plugin.so for IPluginRegistry::loadLibrary / trtexec --dynamicPlugins,
 # libnavit_packed_attention_plugin_autoreg.so for loaders that only dlopen) export getCreators, setLoggerFinder
@@ -44,15 +45,19 @@ else
 fi
 BUILD="${2:-$SRC/build}"
 CMAKE="${CMAKE:-cmake}"
-ARCHS="${CUDA_ARCHS:-87;90}"
 JOBS="${JOBS:-$(nproc 2>/dev/null || echo 2)}"
 
 command -v "$CMAKE" >/dev/null || { echo "error: cmake not found" >&2; exit 2; }
 command -v nvcc >/dev/null || [[ -x /usr/local/cuda/bin/nvcc ]] || { echo "error: nvcc not found" >&2; exit 2; }
 command -v nvcc >/dev/null || export PATH="/usr/local/cuda/bin:$PATH"
 
-CONFIGURE=(-S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CUDA_ARCHITECTURES=$ARCHS" -DNAVIT_WERROR=ON
+CONFIGURE=(-S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DNAVIT_WERROR=ON
            "-DNAVIT_CUDA_RUNTIME=${NAVIT_CUDA_RUNTIME:-Static}")
+if [[ -n "${CUDA_ARCHS:-}" ]]; then
+    CONFIGURE+=("-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCHS")
+else
+    CONFIGURE+=(-UCMAKE_CUDA_ARCHITECTURES)  # drop a value cached by an earlier run: the CMakeLists.txt default
+fi
 if [[ $KERNEL_ONLY -eq 1 ]]; then
     CONFIGURE+=(-DNAVIT_KERNEL_ONLY=ON)
     TARGETS=(navit_packed_attention_kernel)
@@ -81,6 +86,31 @@ check_exported() { # lib symbol
 KLIB="$BUILD/libnavit_packed_attention_kernel.so"
 check_exported "$KLIB" navitPackedAttentionLaunch
 check_exported "$KLIB" navitPackedAttentionLaunchAlgo
+
+ARCHS="$(sed -n 's/^CMAKE_CUDA_ARCHITECTURES:[A-Z]*=//p' "$BUILD/CMakeCache.txt")"
+# The device code in the kernel library must be what was asked for: SASS (ELF) for "NN" and "NN-real", PTX for
+# "NN" and "NN-virtual". Needs cuobjdump (part of the full CUDA toolkit).
+CUOBJDUMP="$(command -v cuobjdump || true)"
+[[ -z "$CUOBJDUMP" && -x "$(dirname "$(command -v nvcc)")/cuobjdump" ]] && CUOBJDUMP="$(dirname "$(command -v nvcc)")/cuobjdump"
+if [[ -z "$CUOBJDUMP" ]]; then
+    echo "note: cuobjdump not found; the SASS/PTX architectures in the library are not checked"
+else
+    elfs="$("$CUOBJDUMP" --list-elf "$KLIB" 2>/dev/null || true)"
+    ptxs="$("$CUOBJDUMP" --list-ptx "$KLIB" 2>/dev/null || true)"
+    for a in ${ARCHS//;/ }; do
+        num="${a%%-*}"
+        [[ "$num" =~ ^[0-9]+[a-z]?$ ]] || { echo "note: architecture '$a' not checked"; continue; }
+        if [[ "$a" != *-virtual ]] && ! grep -q "sm_${num}\.cubin" <<<"$elfs"; then
+            echo "FAIL: $(basename "$KLIB") has no SASS for sm_${num}" >&2
+            fail=1
+        fi
+        if [[ "$a" != *-real ]] && ! grep -q "sm_${num}\.ptx" <<<"$ptxs"; then
+            echo "FAIL: $(basename "$KLIB") has no PTX for compute_${num}" >&2
+            fail=1
+        fi
+    done
+    if [[ $fail -eq 0 ]]; then echo "ok: device code for ${ARCHS}"; fi
+fi
 
 if [[ $KERNEL_ONLY -eq 0 ]]; then
     for PLIB in "$BUILD/libnavit_packed_attention_plugin.so" "$BUILD/libnavit_packed_attention_plugin_autoreg.so"; do
