@@ -12,6 +12,7 @@ it does not measure GPU-specific behaviour (timing, real WMMA layouts, memory mo
 from __future__ import annotations
 
 import ctypes
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -56,6 +57,8 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     emu.navitEmuRun.restype = i32
     emu.navitEmuNumConfigs.argtypes = [i32, i32, i32]
     emu.navitEmuNumConfigs.restype = i32
+    emu.navitEmuFindWorkItems.argtypes = [ctypes.c_void_p, i32, i32, i32, ctypes.c_void_p, ctypes.c_void_p]
+    emu.navitEmuFindWorkItems.restype = i32
     return emu
 
 
@@ -186,3 +189,40 @@ def test_emulated_kernels_are_memory_safe_under_asan(tmp_path: Path) -> None:
     env = {"ASAN_OPTIONS": "detect_leaks=0", "PATH": "/usr/bin:/bin"}
     run = subprocess.run([str(exe)], capture_output=True, text=True, env=env, check=False, timeout=600)
     assert run.returncode == 0 and run.stdout.strip().endswith("OK"), (run.stdout + run.stderr)[-6000:]
+
+
+def work_items(emu: ctypes.CDLL, lengths: list[int], pad: int, block_m: int) -> tuple[np.ndarray, np.ndarray]:
+    """What every block's work-item lookup returns ([grid, 4]: found, segStart, segEnd, qStart) and how many
+    warp-wide operations (shuffles, ballots) it took ([grid])."""
+    cu = cu_seqlens(lengths)
+    total = int(cu[-1]) + pad
+    grid = -(-total // block_m) + len(lengths)
+    items = np.zeros((grid, 4), dtype=np.int32)
+    ops = np.zeros(grid, dtype=np.int64)
+    assert emu.navitEmuFindWorkItems(cu.ctypes.data, len(lengths), total, block_m, items.ctypes.data,
+                                     ops.ctypes.data) == grid
+    return items, ops
+
+
+LOOKUP_PACKS = {
+    # name: (image token counts, padding tokens)
+    "mixed": ([1, 70, 5, 0, 33, 64, 1, 129, 0, 0, 2], 3),
+    "many_small": ([int(x) for x in np.random.default_rng(3).integers(0, 40, size=700)], 100),
+    "one_token_4096": ([1] * 4096, 0),
+    "only_padding": ([], 77),
+}
+
+
+@pytest.mark.parametrize("block_m", [32, 64])
+@pytest.mark.parametrize("pack", list(LOOKUP_PACKS))
+def test_work_items_cover_every_tile_once(emu: ctypes.CDLL, pack: str, block_m: int) -> None:
+    """Every (image, query tile) is computed by exactly one block, with its image's bounds; no other block
+    computes anything (the rest zero padding or idle)."""
+    lengths, pad = LOOKUP_PACKS[pack]
+    cu = cu_seqlens(lengths)
+    items, _ = work_items(emu, lengths, pad, block_m)
+    got = sorted((int(s), int(e), int(q)) for f, s, e, q in items if f)
+    want = sorted((int(cu[b]), int(cu[b + 1]), int(cu[b]) + j * block_m)
+                  for b in range(len(lengths)) for j in range(-(-lengths[b] // block_m)))
+    assert got == want
+

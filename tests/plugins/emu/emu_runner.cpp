@@ -34,10 +34,61 @@ int candidates(int32_t algo, int32_t isFp16, int32_t headDim, navit::detail::Ker
                   : navit::detail::simtCandidates<float>(headDim, out);
 }
 
+//! Work-item lookup only: block x records what findWorkItem<BM> gave it.
+template <int BM>
+void findWorkItemEntry(void* arg)
+{
+    auto* ctx = static_cast<LaunchContext*>(arg);
+    NAVIT_DYNAMIC_SMEM(smem);
+    navit::detail::WorkItem const w = navit::detail::findWorkItem<BM>(ctx->params, reinterpret_cast<int32_t*>(smem));
+    if (threadIdx.x == 0)
+    {
+        int32_t* row = static_cast<int32_t*>(ctx->params.out) + 4 * static_cast<int64_t>(blockIdx.x);
+        row[0] = w.found;
+        row[1] = w.segStart;
+        row[2] = w.segEnd;
+        row[3] = w.qStart;
+    }
+}
+
 } // namespace
 
 extern "C"
 {
+
+    //! Run only the work-item lookup of every block of the grid (ceil(T/BM) + numSeqs blocks of one warp).
+    //! items: [grid, 4] int32 (found, segStart, segEnd, qStart); collectives: [grid] warp-wide operations
+    //! (shuffles, ballots) each block's lookup executed. Returns the grid size, or -1 for an unknown BM.
+    int32_t navitEmuFindWorkItems(int32_t const* cuSeqlens, int32_t numSeqs, int32_t totalTokens, int32_t blockM,
+        int32_t* items, int64_t* collectives)
+    {
+        void (*entry)(void*) = blockM == 64 ? &findWorkItemEntry<64> : blockM == 32 ? &findWorkItemEntry<32> : nullptr;
+        if (entry == nullptr)
+        {
+            return -1;
+        }
+        LaunchContext ctx{};
+        ctx.params.cuSeqlens = cuSeqlens;
+        ctx.params.out = items;
+        ctx.params.totalTokens = totalTokens;
+        ctx.params.numSeqs = numSeqs;
+        ctx.params.numHeads = 1;
+        std::vector<unsigned char> smem(navit::detail::kInfoBytes, 0xFF);
+        navit_emu::State& st = navit_emu::state();
+        st.smem = smem.data();
+        st.bDim = dim3{32U, 1U, 1U};
+        unsigned const gridX = static_cast<unsigned>((totalTokens + blockM - 1) / blockM + numSeqs);
+        st.gDim = dim3{gridX, 1U, 1U};
+        for (unsigned bx = 0; bx < gridX; ++bx)
+        {
+            st.bIdx = dim3{bx, 0U, 0U};
+            st.warpCollectives = 0;
+            navit_emu::runBlock(entry, &ctx, 0);
+            collectives[bx] = static_cast<int64_t>(st.warpCollectives);
+        }
+        st.smem = nullptr;
+        return static_cast<int32_t>(gridX);
+    }
 
     //! Number of tile configurations for (algo: 1 SIMT, 2 WMMA; dtype; head dim).
     int32_t navitEmuNumConfigs(int32_t algo, int32_t isFp16, int32_t headDim)
