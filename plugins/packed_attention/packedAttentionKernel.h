@@ -47,7 +47,7 @@ enum PackedAttentionAlgo : int32_t
 
 //! Revision of the kernels' code. Part of the plugin's timing cache ID, so that timings cached for another
 //! revision are not reused: bump it whenever a kernel, its tile choice or its launch changes.
-constexpr int32_t kPACKED_ATTENTION_KERNEL_REVISION = 1;
+constexpr int32_t kPACKED_ATTENTION_KERNEL_REVISION = 2;
 
 //! True for the head dims the kernels are instantiated for.
 inline bool isSupportedHeadDim(int32_t headDim)

@@ -226,3 +226,12 @@ def test_work_items_cover_every_tile_once(emu: ctypes.CDLL, pack: str, block_m: 
                   for b in range(len(lengths)) for j in range(-(-lengths[b] // block_m)))
     assert got == want
 
+
+
+def test_work_item_lookup_is_logarithmic_in_the_images(emu: ctypes.CDLL) -> None:
+    """The lookup of a block costs O(log_32 B) warp operations, not a scan of cu_seqlens (O(B / 32) per block,
+    O(B^2 / 32) per launch): 4096 one-token images need at most ceil(log_32(4097)) + 1 = 4 per block."""
+    images = 4096
+    _, ops = work_items(emu, [1] * images, 0, 64)
+    bound = math.ceil(math.log(images + 1, 32)) + 1
+    assert ops.max() <= bound, f"a block took {ops.max()} warp operations (mean {ops.mean():.1f}); bound {bound}"
