@@ -12,6 +12,7 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_SRC = REPO_ROOT / "plugins" / "packed_attention"
+EMU_DIR = Path(__file__).resolve().parent / "emu"
 if str(REPO_ROOT) not in sys.path:  # allow plain `pytest` without installing the package
     sys.path.insert(0, str(REPO_ROOT))
 

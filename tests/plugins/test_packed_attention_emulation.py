@@ -19,47 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from plugin_test_utils import PLUGIN_SRC, cu_seqlens, reference_attention_np
+from plugin_test_utils import EMU_DIR, PLUGIN_SRC, cu_seqlens, reference_attention_np
 
-EMU_DIR = Path(__file__).resolve().parent / "emu"
 SIMT, WMMA = 1, 2
-
-
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ not found")
-    lib = tmp_path_factory.mktemp("emu") / "libnavit_attention_emu.so"
-    cmd = [
-        compiler,
-        "-std=c++20",
-        "-O2",
-        "-fPIC",
-        "-shared",
-        "-fno-strict-aliasing",
-        "-Wall",
-        "-Wextra",
-        "-Werror",
-        f"-I{EMU_DIR}",
-        f"-I{PLUGIN_SRC}",
-        str(EMU_DIR / "emu_runner.cpp"),
-        "-o",
-        str(lib),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0 and "_Float16" in proc.stderr:
-        pytest.skip("this g++ has no _Float16 support")
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    emu = ctypes.CDLL(str(lib))
-    i32 = ctypes.c_int32
-    emu.navitEmuRun.argtypes = [ctypes.c_void_p] * 5 + [i32] * 4 + [ctypes.c_float] + [i32] * 4
-    emu.navitEmuRun.restype = i32
-    emu.navitEmuNumConfigs.argtypes = [i32, i32, i32]
-    emu.navitEmuNumConfigs.restype = i32
-    emu.navitEmuFindWorkItems.argtypes = [ctypes.c_void_p, i32, i32, i32, ctypes.c_void_p, ctypes.c_void_p]
-    emu.navitEmuFindWorkItems.restype = i32
-    return emu
 
 
 def _variants() -> list[tuple[int, bool, int, int]]:
