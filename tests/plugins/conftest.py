@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import subprocess
 import sys
@@ -14,10 +15,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from plugin_test_utils import EMU_DIR, PLUGIN_SRC, compile_kernel_library, find_nvcc
 
+from navit_deploy.compile.plugin_lib import KERNEL_LIB_ENV, find_kernel_library
+
 
 @pytest.fixture(scope="session")
 def cpu_kernel_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Kernel library compiled for sm_90 with nvcc (compile check; loadable without a GPU: static cudart)."""
+    """Kernel library compiled for sm_90 with nvcc (compile check; loadable without a GPU: static cudart), or
+    ``$NAVIT_KERNEL_LIB`` when set (the GPU check passes the library it has just built)."""
+    explicit = os.environ.get(KERNEL_LIB_ENV)
+    if explicit:
+        return find_kernel_library(explicit)
     if find_nvcc() is None:
         pytest.skip("nvcc not found (install the CUDA toolkit or put nvcc on PATH)")
     return compile_kernel_library(tmp_path_factory.mktemp("kernel_sm90"), "sm_90")
