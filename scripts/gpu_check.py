@@ -5,7 +5,8 @@ TensorRT needed). Writes one JSON report, OUT/gpu_check.json, and a log per step
 
 Steps, each a subprocess with its own timeout inside an overall budget (default 420 s):
   environment   GPU, torch, CUDA, nvcc and cmake versions
-  build         scripts/check_plugin_build.sh --kernel-only OUT/build, CUDA_ARCHS = the GPU's sm (90 without a GPU)
+  build         scripts/check_plugin_build.sh --kernel-only OUT/build, CUDA_ARCHS = the GPU's sm (90 without a GPU);
+                without cmake, the same library with nvcc alone (plugin_lib.compile_kernel_library)
   kernel_tests  pytest tests/plugins/test_packed_attention_kernel.py against the built library (fp32/fp16, head
                 dims 32/64/128 and 72 refused, one-token images, a 16,384-token pack, CUDA graphs)
   kernel_bench  plugins/packed_attention/bench_kernel.py: the kernel against varlen_attn, flash SDPA, a dense mask
@@ -197,8 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     library = args.kernel_lib.resolve() if args.kernel_lib else out / "build" / plugin_lib.KERNEL_LIBRARY_NAME
     env = {**os.environ, "CUDA_ARCHS": arch, plugin_lib.KERNEL_LIB_ENV: str(library), "PYTHONPATH": str(ROOT)}
     dry = ["--dry-run"] if args.dry_run else []
+    build = ["bash", "scripts/check_plugin_build.sh", "--kernel-only", str(out / "build")]
+    if shutil.which("cmake") is None:  # a bare GPU box may have nvcc but no cmake: the same library, nvcc alone
+        build = [args.python, "-c", "import sys; from navit_deploy.compile.plugin_lib import compile_kernel_library as c;"
+                 " print(c(sys.argv[1], 'sm_' + sys.argv[2]))", str(out / "build"), arch]
     commands = {
-        "build": ["bash", "scripts/check_plugin_build.sh", "--kernel-only", str(out / "build")],
+        "build": build,
         "kernel_tests": [args.python, "-m", "pytest", "tests/plugins/test_packed_attention_kernel.py", "-q",
                          "-p", "no:cacheprovider", "-rs", f"--junitxml={out / 'kernel_tests.xml'}"],
         "kernel_bench": [args.python, "plugins/packed_attention/bench_kernel.py", "--lib", str(library), "--json",
