@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "plugins" / "packed_attention"))
 
 import torch  # noqa: E402  (after the path: the working tree's navit_deploy)
+from bench_kernel import time_ms  # noqa: E402  (the kernel benchmark's timer: CUDA events, or wall time on CPU)
 
 from navit_deploy.errors import BackendUnavailableError  # noqa: E402
 from navit_deploy.frontend import PreparedImage, grid_coords  # noqa: E402
@@ -55,26 +55,6 @@ def make_pack(grids: list[tuple[int, int]], patch_dim: int, seed: int) -> dict[s
     items = [PreparedImage(rng.standard_normal((h * w, patch_dim)).astype(np.float32), grid_coords(h, w), (h, w),
                            (w * 16, h * 16), (w * 16, h * 16)) for h, w in grids]
     return build_pack(items, list(range(len(items)))).model_inputs()
-
-
-def time_ms(fn: Callable[[], Any], cuda: bool, iters: int, warmup: int) -> float:
-    """Median wall time of ``fn`` in ms (CUDA events on the GPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def compare(out: tuple[torch.Tensor, torch.Tensor], ref: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
@@ -106,7 +86,7 @@ def check_pack(model_name: str, name: str, device: str, low: torch.dtype, fast: 
             except BackendUnavailableError as exc:
                 result[f"{attention}_not_run"] = str(exc)
                 continue
-            result[f"{attention}_ms"] = time_ms(lambda: low_model(*low_inputs), cuda, iters, warmup)
+            result[f"{attention}_ms"] = time_ms(lambda: low_model(*low_inputs), iters, warmup, cuda)
             result[f"{attention}_vs_fp32_dense"] = compare(runs[attention], ref)
         if fast in runs:
             result[f"{fast}_vs_dense"] = compare(runs[fast], runs["dense"])

@@ -32,6 +32,7 @@ import json
 import math
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -66,18 +67,25 @@ def load_library(explicit: str | None, compile_if_missing: bool = True) -> ctype
     return plugin_lib.load_kernel_library(plugin_lib.compile_kernel_library(out_dir, f"sm_{major}{minor}", werror=False))
 
 
-def time_ms(fn, iters: int, warmup: int) -> float:
+def time_ms(fn, iters: int, warmup: int, cuda: bool = True) -> float:
+    """Median time of ``fn`` in ms over ``iters`` runs after ``warmup``: CUDA events, or wall time on the CPU."""
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     times = []
     for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
     return times[len(times) // 2]
 

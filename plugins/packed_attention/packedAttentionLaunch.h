@@ -122,6 +122,24 @@ inline bool isAligned16(void const* ptr)
     return (reinterpret_cast<uintptr_t>(ptr) & 15U) == 0U;
 }
 
+//! Kernel parameters of a launch; scale == 0 means 1/sqrt(headDim).
+inline PackedAttentionParams makeParams(void const* q, void const* k, void const* v, int32_t const* cuSeqlens,
+    void* out, int32_t totalTokens, int32_t numSeqs, int32_t numHeads, int32_t headDim, float scale)
+{
+    PackedAttentionParams params{};
+    params.q = q;
+    params.k = k;
+    params.v = v;
+    params.cuSeqlens = cuSeqlens;
+    params.out = out;
+    params.totalTokens = totalTokens;
+    params.numSeqs = numSeqs;
+    params.numHeads = numHeads;
+    float const effectiveScale = scale == 0.F ? 1.F / std::sqrt(static_cast<float>(headDim)) : scale;
+    params.scaleLog2 = effectiveScale * kLog2e;
+    return params;
+}
+
 //! Validate the arguments (before any runtime call), pick the kernel configuration for the current device and
 //! fill `plan`; returns a PackedAttentionStatus. See packedAttentionKernel.h for the arguments.
 template <typename Runtime>
@@ -198,16 +216,7 @@ int planPackedAttention(LaunchCaches& caches, void const* q, void const* k, void
     plan.config = *chosen;
     plan.gridX = static_cast<unsigned>(gridX);
     plan.gridY = static_cast<unsigned>(numHeads);
-    plan.params.q = q;
-    plan.params.k = k;
-    plan.params.v = v;
-    plan.params.cuSeqlens = cuSeqlens;
-    plan.params.out = out;
-    plan.params.totalTokens = totalTokens;
-    plan.params.numSeqs = numSeqs;
-    plan.params.numHeads = numHeads;
-    float const effectiveScale = scale == 0.F ? 1.F / std::sqrt(static_cast<float>(headDim)) : scale;
-    plan.params.scaleLog2 = effectiveScale * kLog2e;
+    plan.params = makeParams(q, k, v, cuSeqlens, out, totalTokens, numSeqs, numHeads, headDim, scale);
     return kPACKED_ATTENTION_OK;
 }
 

@@ -189,18 +189,8 @@ extern "C"
         {
             return -1;
         }
-        LaunchContext ctx{};
-        ctx.config = c[configIndex];
-        ctx.params.q = q;
-        ctx.params.k = k;
-        ctx.params.v = v;
-        ctx.params.cuSeqlens = cuSeqlens;
-        ctx.params.out = out;
-        ctx.params.totalTokens = totalTokens;
-        ctx.params.numSeqs = numSeqs;
-        ctx.params.numHeads = numHeads;
-        float const s = scale == 0.F ? 1.F / std::sqrt(static_cast<float>(headDim)) : scale;
-        ctx.params.scaleLog2 = s * navit::detail::kLog2e;
+        LaunchContext ctx{c[configIndex],
+            navit::detail::makeParams(q, k, v, cuSeqlens, out, totalTokens, numSeqs, numHeads, headDim, scale)};
 
         unsigned const gridX = static_cast<unsigned>(
             (totalTokens + ctx.config.blockM - 1) / ctx.config.blockM + numSeqs);
