@@ -95,7 +95,7 @@ def load_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(), parse_constant=lambda _: None)
 
 
-def environment(python: str, out: Path) -> Step:
+def environment(python: str) -> Step:
     """Versions and the GPU, from the Python that runs the steps."""
     step = Step("environment")
     probe = ("import json, torch; c = torch.cuda.is_available(); p = torch.cuda.get_device_properties(0) if c else None;"
@@ -103,8 +103,13 @@ def environment(python: str, out: Path) -> Step:
              "else {'name': p.name, 'sm': f'{p.major}{p.minor}', 'memory_gib': round(p.total_memory / 2**30, 1), "
              "'multiprocessors': p.multi_processor_count}}))")
     start = time.monotonic()
-    proc = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
-    step.seconds = round(time.monotonic() - start, 2)
+    try:
+        proc = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        step.status, step.reason = "failed", f"could not query torch with {python}: {exc}"
+        return step
+    finally:
+        step.seconds = round(time.monotonic() - start, 2)
     nvcc, cmake = plugin_lib.find_nvcc(), shutil.which("cmake")
     step.details = {"python": python, "platform": platform.platform(), "hostname": platform.node(),
                     "nvcc": tool_version([nvcc, "--version"], "release") if nvcc else None,
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started, t0 = datetime.now(timezone.utc), time.monotonic()
     deadline = t0 + args.budget
-    env_step = environment(args.python, out)
+    env_step = environment(args.python)
     steps = [env_step]
     gpu = env_step.details.get("gpu")
     if env_step.status == "ok" and gpu is None and not args.dry_run:
