@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +30,8 @@ from typing import Any
 
 from navit_deploy.compile import trt_env
 from navit_deploy.compile.compat import (EngineInfo, GpuInfo, PrecisionPlan, check_head_dim, check_io_names,
-                                         check_lowering, is_trt11, plan_precision, sha256_file, with_engine)
+                                         check_lowering, is_trt11, parse_version, plan_precision, sha256_file,
+                                         with_engine)
 from navit_deploy.compile.plugin_lib import PLUGIN_NAME, find_plugin_library
 from navit_deploy.compile.profiles import PackProfile, check_profiles, default_profiles
 from navit_deploy.errors import (ArtifactMismatchError, BackendUnavailableError, ConfigError, NavitError,
@@ -39,6 +41,9 @@ from navit_deploy.runtime.open import ENGINE_SUFFIXES  # the suffixes open_runne
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 TRT_NATIVE_OP = "TRT_Attention"
+POLYGRAPHY_MIN_FOR_TRT11 = (0, 50, 3)
+"""First Polygraphy whose ``CreateConfig`` guards ``ILayer.precision_is_set``, which TensorRT 11 removed."""
+POLYGRAPHY_INSTALL = "pip install 'polygraphy>=0.50.3'"
 
 
 class EngineBuildError(NavitError):
@@ -179,13 +184,54 @@ def plan_compile(req: CompileRequest) -> CompilePlan:
     return CompilePlan(req, model, tuple(profiles), needs_plugin, plugin_path, tuple(notes))
 
 
-def _polygraphy() -> Any:
+@dataclass(frozen=True)
+class PolygraphyApi:
+    """The parts of Polygraphy ``navit compile`` uses: ``polygraphy.backend.trt``, its exception type, its version."""
+
+    trt: Any
+    exception: type[BaseException]
+    version: str
+
+
+def _polygraphy() -> PolygraphyApi:
     try:
+        import polygraphy
         from polygraphy.backend import trt as poly_trt
         from polygraphy.exception import PolygraphyException
     except ImportError as exc:
-        raise BackendUnavailableError("Polygraphy is needed to compile (pip install polygraphy)") from exc
-    return poly_trt, PolygraphyException
+        raise BackendUnavailableError(f"Polygraphy is needed to compile ({POLYGRAPHY_INSTALL})") from exc
+    return PolygraphyApi(poly_trt, PolygraphyException, str(getattr(polygraphy, "__version__", "unknown")))
+
+
+def check_polygraphy(polygraphy_version: str, trt_version: str) -> None:
+    """Refuse a Polygraphy too old for this TensorRT, naming both versions and the install command.
+
+    Polygraphy < 0.50.3 reads ``layer.precision_is_set`` in ``CreateConfig``; TensorRT 11's Python ``ILayer`` no
+    longer has it, so the build would die with an ``AttributeError`` after parsing.
+    """
+    try:
+        too_old = is_trt11(trt_version) and parse_version(polygraphy_version)[:3] < POLYGRAPHY_MIN_FOR_TRT11
+    except ConfigError:  # an unparsable Polygraphy version: let the build try, _api_mismatch reports failures
+        return
+    if too_old:
+        need = ".".join(map(str, POLYGRAPHY_MIN_FOR_TRT11))
+        raise EngineBuildError(f"Polygraphy {polygraphy_version} cannot build engines with TensorRT {trt_version}: its "
+                               "CreateConfig reads ILayer.precision_is_set, which TensorRT 11 removed. Polygraphy >= "
+                               f"{need} handles TensorRT 11: {POLYGRAPHY_INSTALL}")
+
+
+@contextmanager
+def _api_mismatch(trt_version: str, polygraphy_version: str) -> Iterator[None]:
+    """Turn an ``AttributeError``/``TypeError`` raised inside TensorRT or Polygraphy calls into an
+    :class:`EngineBuildError` naming both versions: it means the two do not match (an attribute or argument one
+    of them no longer has), not a problem with the model."""
+    try:
+        yield
+    except (AttributeError, TypeError) as exc:
+        raise EngineBuildError(f"TensorRT {trt_version} and Polygraphy {polygraphy_version} do not work together "
+                               f"({type(exc).__name__}: {exc}). Install a Polygraphy made for this TensorRT (TensorRT "
+                               f"11 needs Polygraphy >= 0.50.3: {POLYGRAPHY_INSTALL}), or the TensorRT version the "
+                               "installed Polygraphy supports") from exc
 
 
 def _parse_onnx(trt: Any, poly_trt: Any, plan: CompilePlan, precision: PrecisionPlan, version: str) -> tuple:
@@ -229,7 +275,8 @@ def compile_engine(req: CompileRequest) -> CompileResult:
     version = str(trt.__version__)
     check_lowering(art.lowering, version)
     precision = plan_precision(version, req.precision, art.precision, plan.model.has_qdq, req.strongly_typed)
-    poly_trt, PolygraphyException = _polygraphy()
+    poly = _polygraphy()
+    check_polygraphy(poly.version, version)
     gpu: GpuInfo = trt_env.gpu_info(req.device)  # also makes it the current device, which the builder uses
     plugin_sha = None
     if plan.needs_plugin:
@@ -238,34 +285,8 @@ def compile_engine(req: CompileRequest) -> CompileResult:
         plugin_sha = sha256_file(plan.plugin_path)
 
     start = time.time()
-    builder, network, parser = _parse_onnx(trt, poly_trt, plan, precision, version)
-    net_inputs = [network.get_input(i).name for i in range(network.num_inputs)]
-    net_outputs = [network.get_output(i).name for i in range(network.num_outputs)]
-    check_io_names(net_inputs, net_outputs, f"the network TensorRT parsed from {req.onnx}")
-    shape_inputs = [network.get_input(i).name for i in range(network.num_inputs) if network.get_input(i).is_shape_tensor]
-    if shape_inputs:  # profiles below give shapes, not value ranges, and the runner feeds device memory
-        raise EngineBuildError(f"TensorRT treats {shape_inputs} of {req.onnx} as shape tensors (their values decide "
-                               "shapes); NaViT exports use them as data only. Re-export the model with `navit export`")
-    patch_dim = art.frontend.patch_dim
-    profiles = []
-    for p in plan.profiles:
-        prof = poly_trt.Profile()
-        for name, (lo, opt, hi) in p.shapes(patch_dim).items():
-            if name in net_inputs:
-                prof.add(name, min=lo, opt=opt, max=hi)
-        profiles.append(prof)
-    pools = None
-    if req.workspace_mib is not None:
-        pools = {trt.MemoryPoolType.WORKSPACE: int(req.workspace_mib) << 20}
-    timing_cache = str(req.timing_cache) if req.timing_cache is not None else None
-    try:
-        config = poly_trt.CreateConfig(profiles=profiles, load_timing_cache=timing_cache, memory_pool_limits=pools,
-                                       tf32=req.tf32, fp16=precision.fp16, int8=precision.int8)
-        serialized = poly_trt.EngineBytesFromNetwork((builder, network, parser), config=config,
-                                                     save_timing_cache=timing_cache)()
-    except PolygraphyException as exc:
-        raise EngineBuildError(f"TensorRT {version} could not build an engine from {req.onnx} ({exc}); see TensorRT's "
-                               "log above") from exc
+    with _api_mismatch(version, poly.version):
+        serialized = _build(trt, poly, plan, precision, version)
     out = Path(req.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _write_atomic(out, serialized)
@@ -275,11 +296,48 @@ def compile_engine(req: CompileRequest) -> CompileResult:
         strongly_typed=precision.strongly_typed, builder_flags=tuple(precision.builder_flags), tf32=bool(req.tf32),
         profiles=plan.profiles, source_onnx=str(Path(req.onnx).resolve()), source_onnx_sha256=plan.model.sha256,
         engine_sha256=sha256_file(out), plugin_path=None if plan.plugin_path is None else str(plan.plugin_path),
-        plugin_sha256=plugin_sha, workspace_mib=req.workspace_mib, timing_cache=timing_cache,
+        plugin_sha256=plugin_sha, workspace_mib=req.workspace_mib, timing_cache=_timing_cache_path(req),
         build_seconds=seconds, built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     artifact = with_engine(art, info)
     side = write_sidecar(out, artifact)
     return CompileResult(out, side, artifact, info, plan.notes)
+
+
+def _timing_cache_path(req: CompileRequest) -> str | None:
+    return str(req.timing_cache) if req.timing_cache is not None else None
+
+
+def _build(trt: Any, poly: PolygraphyApi, plan: CompilePlan, precision: PrecisionPlan, version: str) -> Any:
+    """Parse, set up profiles and config, build; the serialized engine (a bytes-like ``IHostMemory``)."""
+    req = plan.request
+    builder, network, parser = _parse_onnx(trt, poly.trt, plan, precision, version)
+    net_inputs = [network.get_input(i).name for i in range(network.num_inputs)]
+    net_outputs = [network.get_output(i).name for i in range(network.num_outputs)]
+    check_io_names(net_inputs, net_outputs, f"the network TensorRT parsed from {req.onnx}")
+    shape_inputs = [network.get_input(i).name for i in range(network.num_inputs) if network.get_input(i).is_shape_tensor]
+    if shape_inputs:  # profiles below give shapes, not value ranges, and the runner feeds device memory
+        raise EngineBuildError(f"TensorRT treats {shape_inputs} of {req.onnx} as shape tensors (their values decide "
+                               "shapes); NaViT exports use them as data only. Re-export the model with `navit export`")
+    patch_dim = plan.model.artifact.frontend.patch_dim
+    profiles = []
+    for p in plan.profiles:
+        prof = poly.trt.Profile()
+        for name, (lo, opt, hi) in p.shapes(patch_dim).items():
+            if name in net_inputs:
+                prof.add(name, min=lo, opt=opt, max=hi)
+        profiles.append(prof)
+    pools = None
+    if req.workspace_mib is not None:
+        pools = {trt.MemoryPoolType.WORKSPACE: int(req.workspace_mib) << 20}
+    timing_cache = _timing_cache_path(req)
+    try:
+        config = poly.trt.CreateConfig(profiles=profiles, load_timing_cache=timing_cache, memory_pool_limits=pools,
+                                       tf32=req.tf32, fp16=precision.fp16, int8=precision.int8)
+        return poly.trt.EngineBytesFromNetwork((builder, network, parser), config=config,
+                                               save_timing_cache=timing_cache)()
+    except poly.exception as exc:
+        raise EngineBuildError(f"TensorRT {version} could not build an engine from {req.onnx} ({exc}); see TensorRT's "
+                               "log above") from exc
 
 
 def describe_profiles(profiles: Sequence[PackProfile]) -> str:

@@ -2,13 +2,15 @@
 
 Torch-free (only ``ctypes``/``pathlib``), so it can be imported by deployment code that has no torch.
 
-The plugin library (``libnavit_packed_attention_plugin.so``) is what TensorRT loads: pass it to
-``trtexec --dynamicPlugins``, ``polygraphy run --plugins`` or ``IPluginRegistry.load_library``. The kernel
-library (``libnavit_packed_attention_kernel.so``) exposes the same CUDA kernel through a C API
-(``navitPackedAttentionLaunch``) for tests and benchmarks without TensorRT. Both are built from
-``plugins/packed_attention`` (see its README.md)::
+The plugin library (``libnavit_packed_attention_plugin.so``) is what TensorRT loads with
+``IPluginRegistry.load_library`` (``navit compile``, the TensorRT runner) or ``trtexec --dynamicPlugins``; it
+registers nothing by itself. Loaders that only ``dlopen`` (``polygraphy run --plugins``, ONNX Runtime's
+``trt_extra_plugin_lib_paths``, ``trtexec --staticPlugins``) need ``libnavit_packed_attention_plugin_autoreg.so``,
+the same plugin with static registration. The kernel library (``libnavit_packed_attention_kernel.so``) exposes
+the same CUDA kernel through a C API (``navitPackedAttentionLaunch``) for tests and benchmarks without TensorRT.
+All are built from ``plugins/packed_attention`` (see its README.md)::
 
-    scripts/check_plugin_build.sh /path/to/TensorRT/include   # plugin + kernel library
+    scripts/check_plugin_build.sh /path/to/TensorRT/include   # plugin libraries + kernel library
     scripts/check_plugin_build.sh --kernel-only               # kernel library only
 """
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Final
 
@@ -31,6 +35,9 @@ ONNX_DOMAIN: Final[str] = "navit"
 SUPPORTED_HEAD_DIMS: Final[tuple[int, ...]] = (32, 64, 128)
 
 PLUGIN_LIBRARY_NAME: Final[str] = "libnavit_packed_attention_plugin.so"
+"""For ``IPluginRegistry.load_library`` / ``trtexec --dynamicPlugins``: no static registration."""
+AUTOREG_PLUGIN_LIBRARY_NAME: Final[str] = "libnavit_packed_attention_plugin_autoreg.so"
+"""For loaders that only dlopen (Polygraphy ``--plugins``, ONNX Runtime, ``trtexec --staticPlugins``)."""
 KERNEL_LIBRARY_NAME: Final[str] = "libnavit_packed_attention_kernel.so"
 PLUGIN_LIB_ENV: Final[str] = "NAVIT_PLUGIN_LIB"
 KERNEL_LIB_ENV: Final[str] = "NAVIT_KERNEL_LIB"
@@ -98,6 +105,43 @@ def find_kernel_library(explicit: str | os.PathLike[str] | None = None) -> Path:
     return _resolve(explicit, KERNEL_LIB_ENV, KERNEL_LIBRARY_NAME, "packed attention kernel library")
 
 
+def find_nvcc() -> str | None:
+    """``nvcc`` on ``PATH``, else ``$CUDA_HOME/bin/nvcc``, else ``/usr/local/cuda/bin/nvcc``; None if none exists."""
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for root in (os.environ.get("CUDA_HOME", ""), "/usr/local/cuda"):
+        candidate = Path(root) / "bin" / "nvcc"
+        if root and candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def compile_kernel_library(out_dir: str | os.PathLike[str], arch: str, werror: bool = True) -> Path:
+    """Compile ``libnavit_packed_attention_kernel.so`` for one architecture (e.g. ``"sm_90"``) with nvcc alone.
+
+    The quick way for tests and benchmarks (no CMake, no TensorRT): the kernel and its C API, static CUDA
+    runtime, ``-Wall -Wextra`` (errors with ``werror``). ``scripts/check_plugin_build.sh --kernel-only`` builds the
+    same library through CMake. Raises :class:`PluginError` without nvcc or when the compile fails.
+    """
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise PluginError("nvcc not found (install the CUDA toolkit, put nvcc on PATH or set CUDA_HOME)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lib = out / KERNEL_LIBRARY_NAME
+    warnings = "-Wall,-Wextra" + (",-Werror" if werror else "")
+    cmd = [nvcc, "-std=c++17", "-O3", "-shared", f"-arch={arch}", f"-Xcompiler=-fPIC,-fvisibility=hidden,{warnings}",
+           *(["--Werror", "all-warnings"] if werror else []), "-cudart=static",
+           str(PLUGIN_SOURCE_DIR / "packedAttentionKernel.cu"), str(PLUGIN_SOURCE_DIR / "packedAttentionCApi.cpp"),
+           "-o", str(lib)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise PluginError(f"nvcc failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-4000:]}\n"
+                          f"{proc.stderr[-4000:]}")
+    return lib
+
+
 def load_kernel_library(path: str | os.PathLike[str]) -> ctypes.CDLL:
     """Load a library exporting the kernel C API and declare its signatures.
 
@@ -154,6 +198,16 @@ def status_string(lib: ctypes.CDLL, status: int) -> str:
     return raw.decode("utf-8", "replace") if raw else f"status {status}"
 
 
+def library_supports_head_dim(lib: ctypes.CDLL, head_dim: int) -> tuple[bool, str]:
+    """Ask a loaded kernel library whether it has kernels for ``head_dim``: ``(supported, status text)``.
+
+    A zero-token launch is validated like any other (head dim included) and launches nothing, so this is safe
+    with or without a GPU and needs no device memory.
+    """
+    status = int(lib.navitPackedAttentionLaunch(None, None, None, None, None, 0, 0, 1, int(head_dim), 0.0, False, None))
+    return status == STATUS_OK, status_string(lib, status)
+
+
 def plugin_attributes(num_heads: int, head_dim: int, scale: float | None = None) -> dict[str, int | float | str]:
     """ONNX node attributes of a ``NavitPackedAttention`` node (op_type PLUGIN_NAME, domain ONNX_DOMAIN).
 
@@ -181,6 +235,7 @@ __all__ = [
     "ALGO_AUTO",
     "ALGO_SIMT",
     "ALGO_TENSOR_CORE",
+    "AUTOREG_PLUGIN_LIBRARY_NAME",
     "DEFAULT_BUILD_DIR",
     "KERNEL_LIBRARY_NAME",
     "ONNX_DOMAIN",
@@ -189,7 +244,10 @@ __all__ = [
     "PLUGIN_NAMESPACE",
     "PLUGIN_VERSION",
     "SUPPORTED_HEAD_DIMS",
+    "compile_kernel_library",
     "find_kernel_library",
+    "find_nvcc",
+    "library_supports_head_dim",
     "find_plugin_library",
     "load_kernel_library",
     "plugin_attributes",

@@ -117,9 +117,10 @@ def load_plugin(path: str | os.PathLike[str]) -> None:
     """Register ``NavitPackedAttention`` from our plugin library with TensorRT's global plugin registry.
 
     ``IPluginRegistry.load_library`` (TensorRT >= 10) dlopens the library and registers the creators its
-    ``getCreators()`` returns. It returns ``None`` when a creator is already registered (the library also
-    registers itself statically when dlopened by someone else, e.g. Polygraphy's ``--plugins``), so success is
-    judged by looking the creator up, exactly as the ONNX parser and the engine deserializer do.
+    ``getCreators()`` returns; ``libnavit_packed_attention_plugin.so`` registers nothing by itself, made for this.
+    It returns ``None`` when a creator is already registered (e.g. the self-registering ``_autoreg`` library was
+    dlopened earlier by Polygraphy's ``--plugins``), so success is judged by looking the creator up, exactly as
+    the ONNX parser and the engine deserializer do.
     """
     trt = import_tensorrt()
     key = str(Path(path).resolve())

@@ -8,12 +8,16 @@
  *     for half inputs; warp w owns query rows [16w, 16w + 16) of the tile. Scores and the output
  *     accumulator go through shared memory so that the softmax can be done with plain per-row code.
  *
- * Work decomposition: grid = (ceil(T / BM) + numSeqs, numHeads). The work items are the (segment, query tile)
- * pairs, enumerated segment by segment; block x takes item x (found by a warp-wide scan over cuSeqlens), so a
- * query tile never straddles two images, and its key loop only visits its own image's tokens. Blocks beyond
- * the last item zero the padding rows [cuSeqlens[numSeqs], T). A bound check: the number of items is at most
- * sum_b ceil(len_b / BM) <= (L + numSeqs * (BM - 1)) / BM, so at least ceil((T - L) / BM) blocks are left for
- * the padding, L = cuSeqlens[numSeqs].
+ * Work decomposition: grid = (ceil(T / BM) + numSeqs, numHeads). Image b owns the blocks
+ * [S(b), S(b+1)) with S(b) = floor(cuSeqlens[b] / BM) + b, and its j-th block computes its j-th query tile, so a
+ * tile never straddles two images and its key loop only visits its own image's tokens. S is strictly increasing,
+ * and S(b+1) - S(b) = floor(cu[b+1] / BM) - floor(cu[b] / BM) + 1 >= ceil(len_b / BM): every tile has a block
+ * (at most one block per image is left idle). Blocks [S(B), grid), B = numSeqs, zero the padding rows
+ * [cu[B], T): there are ceil(T / BM) - floor(cu[B] / BM) >= ceil((T - cu[B]) / BM) of them. A block finds its
+ * image (the largest b with S(b) <= x) with a warp-wide 32-ary search over cuSeqlens: ceil(log_32(B + 1))
+ * rounds of one load per lane and one ballot, instead of a scan of cuSeqlens (which cost O(B / 32) per block).
+ * cuSeqlens values are clamped to [0, T], so invalid ones (decreasing, out of range) never lead outside the
+ * tensors; the output is then unspecified.
  *
  * This file is also compiled on the CPU by tests/plugins/emu (NAVIT_EMULATION defined), which supplies the
  * CUDA built-ins used here; keep to that subset (no inline PTX, no static __shared__ arrays).
@@ -56,12 +60,13 @@ struct PackedAttentionParams
 
 struct WorkItem
 {
-    int32_t found;      //!< 1: this block computes a query tile; 0: it zeroes padding rows
-    int32_t segStart;   //!< first token of the tile's image
-    int32_t segEnd;     //!< one past the last token of the tile's image
-    int32_t qStart;     //!< first query token of the tile
-    int32_t totalTiles; //!< number of (segment, tile) items (valid when found == 0)
-    int32_t padStart;   //!< first padding token, clamp(cuSeqlens[numSeqs], 0, T)
+    int32_t found;        //!< 1: this block computes a query tile
+    int32_t segStart;     //!< first token of the tile's image
+    int32_t segEnd;       //!< one past the last token of the tile's image
+    int32_t qStart;       //!< first query token of the tile
+    int32_t padIndex;     //!< >= 0: this block zeroes padding, as the padIndex-th of numPadBlocks; -1 otherwise
+    int32_t numPadBlocks; //!< blocks that zero padding (valid when padIndex >= 0)
+    int32_t padStart;     //!< first padding token, clamp(cuSeqlens[numSeqs], 0, T) (valid when padIndex >= 0)
 };
 
 __device__ __forceinline__ int32_t clampInt(int32_t x, int32_t lo, int32_t hi)
@@ -74,63 +79,70 @@ __device__ __forceinline__ int32_t minInt(int32_t a, int32_t b)
     return a < b ? a : b;
 }
 
-//! Find the (segment, query tile) handled by this block. Called by all threads; warp 0 scans cuSeqlens
-//! (32 segments per step: tile counts, inclusive warp scan, ballot) and publishes the result in `info`.
+//! First block of image b (b == numSeqs: first padding block): floor(clamp(cuSeqlens[b]) / BM) + b.
+template <int BM>
+__device__ __forceinline__ int32_t firstBlockOf(PackedAttentionParams const& p, int32_t b)
+{
+    return clampInt(p.cuSeqlens[b], 0, p.totalTokens) / BM + b;
+}
+
+//! Find the query tile (or padding rows) of this block. Called by all threads; warp 0 searches cuSeqlens for
+//! the largest b in [0, numSeqs] with firstBlockOf(b) <= blockIdx.x: each round, lane i tests the candidate
+//! lo + i * step, and the ballot narrows [lo, hi) to one step (32-ary search; for monotone cuSeqlens the true
+//! lanes are a prefix). The result is published in `info` for the other warps.
 template <int BM>
 __device__ WorkItem findWorkItem(PackedAttentionParams const& p, int32_t* info)
 {
     if (threadIdx.x < 32)
     {
         int32_t const lane = static_cast<int32_t>(threadIdx.x);
-        int32_t const total = p.totalTokens;
-        int32_t const target = static_cast<int32_t>(blockIdx.x);
-        int32_t base = 0;
-        bool found = false;
-        for (int32_t c = 0; c < p.numSeqs; c += 32)
+        int32_t const x = static_cast<int32_t>(blockIdx.x);
+        int32_t lo = 0;
+        int32_t hi = p.numSeqs + 1;
+        while (hi - lo > 1) // warp-uniform: lo and hi only change through the ballot
         {
-            int32_t const b = c + lane;
-            int32_t s = 0;
-            int32_t e = 0;
-            if (b < p.numSeqs)
+            int32_t const step = (hi - lo + 31) / 32;
+            int64_t const b = static_cast<int64_t>(lo) + static_cast<int64_t>(lane) * step;
+            bool const below = b < hi && firstBlockOf<BM>(p, static_cast<int32_t>(b)) <= x;
+            int32_t const count = __popc(__ballot_sync(kFullMask, below));
+            if (count == 0)
             {
-                s = clampInt(p.cuSeqlens[b], 0, total);
-                e = clampInt(p.cuSeqlens[b + 1], s, total);
-            }
-            int32_t const tiles = (e - s + BM - 1) / BM;
-            int32_t incl = tiles;
-            for (int32_t off = 1; off < 32; off <<= 1)
-            {
-                int32_t const n = __shfl_up_sync(kFullMask, incl, off);
-                if (lane >= off)
-                {
-                    incl += n;
-                }
-            }
-            int32_t const excl = incl - tiles;
-            bool const mine = tiles > 0 && target >= base + excl && target < base + incl;
-            unsigned const ballot = __ballot_sync(kFullMask, mine);
-            if (mine)
-            {
-                info[0] = 1;
-                info[1] = s;
-                info[2] = e;
-                info[3] = s + (target - base - excl) * BM;
-            }
-            if (ballot != 0U)
-            {
-                found = true;
+                hi = lo + 1; // only with invalid cuSeqlens; the check below then finds no work
                 break;
             }
-            base += __shfl_sync(kFullMask, incl, 31);
+            lo += (count - 1) * step; // the last true lane's candidate: below hi (lanes past hi are false)
+            int64_t const next = static_cast<int64_t>(lo) + step;
+            hi = next < hi ? static_cast<int32_t>(next) : hi;
         }
         if (lane == 0)
         {
-            if (!found)
+            int32_t const total = p.totalTokens;
+            int32_t const first = firstBlockOf<BM>(p, lo);
+            int32_t item[7] = {0, 0, 0, 0, -1, 0, 0}; // the WorkItem fields, in order
+            if (first <= x && lo == p.numSeqs)
             {
-                info[0] = 0;
-                info[4] = base;
+                item[4] = x - first;
+                item[5] = static_cast<int32_t>(gridDim.x) - first;
+                item[6] = clampInt(p.cuSeqlens[lo], 0, total);
             }
-            info[5] = clampInt(p.cuSeqlens[p.numSeqs], 0, total);
+            else if (first <= x)
+            {
+                int32_t const s = clampInt(p.cuSeqlens[lo], 0, total);
+                int32_t const e = clampInt(p.cuSeqlens[lo + 1], s, total);
+                int32_t const tile = x - first;
+                if (tile < (e - s + BM - 1) / BM)
+                {
+                    item[0] = 1;
+                    item[1] = s;
+                    item[2] = e;
+                    item[3] = s + tile * BM;
+                }
+            }
+            NAVIT_UNROLL
+            for (int i = 0; i < 7; ++i)
+            {
+                info[i] = item[i];
+            }
         }
     }
     __syncthreads();
@@ -139,8 +151,9 @@ __device__ WorkItem findWorkItem(PackedAttentionParams const& p, int32_t* info)
     w.segStart = info[1];
     w.segEnd = info[2];
     w.qStart = info[3];
-    w.totalTiles = info[4];
-    w.padStart = info[5];
+    w.padIndex = info[4];
+    w.numPadBlocks = info[5];
+    w.padStart = info[6];
     return w;
 }
 
@@ -231,14 +244,14 @@ __device__ __forceinline__ void loadTileHalf(
     }
 }
 
-//! Zero the padding rows of one head. Block e of the numExtra blocks past the last work item zeroes
-//! rows padStart + e*BM + [0, BM), then strides by numExtra*BM.
+//! Zero the padding rows of one head. Padding block e of numPadBlocks zeroes rows padStart + e*BM + [0, BM),
+//! then strides by numPadBlocks*BM. Blocks that are not padding blocks (idle slots) return at once.
 template <typename T, int D, int BM>
 __device__ void zeroPadding(T* out, int64_t ld, WorkItem const& w, int32_t totalTokens)
 {
     constexpr int kChunksPerRow = D * static_cast<int>(sizeof(T)) / 16;
-    int32_t const extra = static_cast<int32_t>(blockIdx.x) - w.totalTiles;
-    int32_t const numExtra = static_cast<int32_t>(gridDim.x) - w.totalTiles;
+    int32_t const extra = w.padIndex;
+    int32_t const numExtra = w.numPadBlocks;
     if (extra < 0 || numExtra <= 0)
     {
         return;

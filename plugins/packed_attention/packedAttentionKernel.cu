@@ -1,47 +1,86 @@
 /*
- * Host launcher of NavitPackedAttention: argument validation, kernel/tile selection, launch.
+ * Host launcher of NavitPackedAttention: the CUDA runtime behind packedAttentionLaunch.h, and the launch.
  * No TensorRT includes here (shared with the kernel-only library).
  */
-#include "packedAttentionDevice.cuh"
 #include "packedAttentionKernel.h"
+#include "packedAttentionLaunch.h"
 
-#include <cmath>
+#include <cuda.h> // driver API types only (CUcontext, CUresult): the functions are looked up at run time
+
 #include <cstdint>
-#include <mutex>
-#include <set>
-#include <utility>
 
 namespace navit
 {
 namespace
 {
 
-using detail::KernelConfig;
-using detail::PackedAttentionParams;
+using CtxGetCurrentFn = CUresult (*)(CUcontext*);
+using CtxGetIdFn = CUresult (*)(CUcontext, unsigned long long*);
 
-//! Raise the dynamic shared-memory limit of `kernel` on `device`, once per (kernel, device): later launches
-//! (e.g. inside a CUDA graph capture, after TensorRT's warm-up enqueue) make no extra runtime calls.
-bool ensureSmemLimit(KernelConfig const& config, int device)
+//! cuCtxGetCurrent and cuCtxGetId from the driver the CUDA runtime loaded (no link against libcuda).
+struct DriverContextApi
 {
-    static std::mutex mutex;
-    static std::set<std::pair<void const*, int>> done;
-    void const* fn = reinterpret_cast<void const*>(config.kernel);
-    std::lock_guard<std::mutex> lock(mutex);
-    if (done.count({fn, device}) != 0)
-    {
-        return true;
-    }
-    if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, config.smemBytes) != cudaSuccess)
-    {
-        return false;
-    }
-    done.insert({fn, device});
-    return true;
+    CtxGetCurrentFn getCurrent{nullptr};
+    CtxGetIdFn getId{nullptr};
+};
+
+template <typename Fn>
+Fn driverEntryPoint(char const* name)
+{
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050
+    cudaError_t const err = cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, &found);
+#elif CUDART_VERSION >= 12000
+    cudaError_t const err = cudaGetDriverEntryPoint(name, &fn, cudaEnableDefault, &found);
+#else
+    cudaError_t const err = cudaErrorNotSupported; // cuCtxGetId needs CUDA 12
+#endif
+    return err == cudaSuccess && found == cudaDriverEntryPointSuccess ? reinterpret_cast<Fn>(fn) : nullptr;
 }
 
-bool isAligned16(void const* ptr)
+DriverContextApi const& driverContextApi()
 {
-    return (reinterpret_cast<uintptr_t>(ptr) & 15U) == 0U;
+    static DriverContextApi const api{
+        driverEntryPoint<CtxGetCurrentFn>("cuCtxGetCurrent"), driverEntryPoint<CtxGetIdFn>("cuCtxGetId")};
+    return api;
+}
+
+//! The CUDA runtime as packedAttentionLaunch.h's Runtime policy.
+struct CudaRuntime
+{
+    static bool currentDevice(int& device)
+    {
+        return cudaGetDevice(&device) == cudaSuccess;
+    }
+
+    static bool queryDeviceLimits(int device, detail::DeviceLimits& limits)
+    {
+        return cudaDeviceGetAttribute(&limits.ccMajor, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess
+            && cudaDeviceGetAttribute(&limits.smemOptin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)
+            == cudaSuccess;
+    }
+
+    static bool currentContextId(unsigned long long& id)
+    {
+        DriverContextApi const& api = driverContextApi();
+        CUcontext context = nullptr;
+        return api.getCurrent != nullptr && api.getId != nullptr && api.getCurrent(&context) == CUDA_SUCCESS
+            && context != nullptr && api.getId(context, &id) == CUDA_SUCCESS;
+    }
+
+    static bool setMaxDynamicSmem(detail::KernelFn kernel, int bytes)
+    {
+        return cudaFuncSetAttribute(
+                   reinterpret_cast<void const*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)
+            == cudaSuccess;
+    }
+};
+
+detail::LaunchCaches& cudaLaunchCaches()
+{
+    static detail::LaunchCaches caches;
+    return caches;
 }
 
 } // namespace
@@ -66,101 +105,16 @@ int launchPackedAttentionAlgo(void const* q, void const* k, void const* v, int32
     int32_t totalTokens, int32_t numSeqs, int32_t numHeads, int32_t headDim, float scale, bool isFp16,
     int32_t algo, cudaStream_t stream)
 {
-    if (totalTokens < 0 || numSeqs < 0 || numHeads <= 0 || numHeads > 65535 || !std::isfinite(scale))
+    detail::LaunchPlan plan;
+    int const status = detail::planPackedAttention<CudaRuntime>(cudaLaunchCaches(), q, k, v, cuSeqlens, out,
+        totalTokens, numSeqs, numHeads, headDim, scale, isFp16, algo, plan);
+    if (status != kPACKED_ATTENTION_OK || plan.gridX == 0)
     {
-        return kPACKED_ATTENTION_INVALID_ARGUMENT;
+        return status;
     }
-    if (!isSupportedHeadDim(headDim))
-    {
-        return kPACKED_ATTENTION_UNSUPPORTED_HEAD_DIM;
-    }
-    if (algo != kPACKED_ATTENTION_ALGO_AUTO && algo != kPACKED_ATTENTION_ALGO_SIMT
-        && algo != kPACKED_ATTENTION_ALGO_TENSOR_CORE)
-    {
-        return kPACKED_ATTENTION_BAD_ALGO;
-    }
-    if (totalTokens == 0)
-    {
-        return kPACKED_ATTENTION_OK;
-    }
-    if (q == nullptr || k == nullptr || v == nullptr || cuSeqlens == nullptr || out == nullptr)
-    {
-        return kPACKED_ATTENTION_INVALID_ARGUMENT;
-    }
-    if (!isAligned16(q) || !isAligned16(k) || !isAligned16(v) || !isAligned16(out))
-    {
-        return kPACKED_ATTENTION_MISALIGNED;
-    }
-
-    int device = 0;
-    int ccMajor = 0;
-    int smemOptin = 0;
-    if (cudaGetDevice(&device) != cudaSuccess
-        || cudaDeviceGetAttribute(&ccMajor, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess
-        || cudaDeviceGetAttribute(&smemOptin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
-    {
-        return kPACKED_ATTENTION_CUDA_ERROR;
-    }
-
-    bool useTensorCores = isFp16 && ccMajor >= 7 && algo != kPACKED_ATTENTION_ALGO_SIMT;
-    if (algo == kPACKED_ATTENTION_ALGO_TENSOR_CORE && !useTensorCores)
-    {
-        return kPACKED_ATTENTION_BAD_ALGO;
-    }
-
-    KernelConfig candidates[detail::kMaxCandidates];
-    int numCandidates = 0;
-    if (useTensorCores)
-    {
-        numCandidates = detail::wmmaCandidates(headDim, candidates);
-    }
-    else if (isFp16)
-    {
-        numCandidates = detail::simtCandidates<__half>(headDim, candidates);
-    }
-    else
-    {
-        numCandidates = detail::simtCandidates<float>(headDim, candidates);
-    }
-    KernelConfig const* chosen = nullptr;
-    for (int i = 0; i < numCandidates; ++i)
-    {
-        if (candidates[i].smemBytes <= smemOptin || candidates[i].smemBytes <= 48 * 1024)
-        {
-            chosen = &candidates[i];
-            break;
-        }
-    }
-    if (chosen == nullptr)
-    {
-        return kPACKED_ATTENTION_NO_CONFIG;
-    }
-
-    int64_t const gridX = (static_cast<int64_t>(totalTokens) + chosen->blockM - 1) / chosen->blockM + numSeqs;
-    if (gridX > INT32_MAX)
-    {
-        return kPACKED_ATTENTION_INVALID_ARGUMENT;
-    }
-    if (chosen->smemBytes > 48 * 1024 && !ensureSmemLimit(*chosen, device))
-    {
-        return kPACKED_ATTENTION_CUDA_ERROR;
-    }
-
-    PackedAttentionParams params;
-    params.q = q;
-    params.k = k;
-    params.v = v;
-    params.cuSeqlens = cuSeqlens;
-    params.out = out;
-    params.totalTokens = totalTokens;
-    params.numSeqs = numSeqs;
-    params.numHeads = numHeads;
-    float const effectiveScale = scale == 0.F ? 1.F / std::sqrt(static_cast<float>(headDim)) : scale;
-    params.scaleLog2 = effectiveScale * detail::kLog2e;
-
-    dim3 const grid(static_cast<unsigned>(gridX), static_cast<unsigned>(numHeads), 1U);
-    dim3 const block(static_cast<unsigned>(chosen->threads), 1U, 1U);
-    chosen->kernel<<<grid, block, static_cast<size_t>(chosen->smemBytes), stream>>>(params);
+    dim3 const grid(plan.gridX, plan.gridY, 1U);
+    dim3 const block(static_cast<unsigned>(plan.config.threads), 1U, 1U);
+    plan.config.kernel<<<grid, block, static_cast<size_t>(plan.config.smemBytes), stream>>>(plan.params);
     return cudaGetLastError() == cudaSuccess ? kPACKED_ATTENTION_OK : kPACKED_ATTENTION_CUDA_ERROR;
 }
 

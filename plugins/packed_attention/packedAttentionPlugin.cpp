@@ -61,6 +61,8 @@ PackedAttentionPlugin::PackedAttentionPlugin(int32_t numHeads, int32_t headDim, 
     std::ostringstream meta;
     meta << "num_heads=" << numHeads << " head_dim=" << headDim << " scale=" << scale;
     mMetadata = meta.str();
+    mTimingCacheId = std::string(kPLUGIN_NAME) + "/kernel_rev=" + std::to_string(kPACKED_ATTENTION_KERNEL_REVISION)
+        + "/num_heads=" + std::to_string(numHeads) + "/head_dim=" + std::to_string(headDim);
 }
 
 PackedAttentionPlugin::PackedAttentionPlugin(PackedAttentionPlugin const& other)
@@ -72,6 +74,7 @@ PackedAttentionPlugin::PackedAttentionPlugin(PackedAttentionPlugin const& other)
     , mHeadDim(other.mHeadDim)
     , mScale(other.mScale)
     , mMetadata(other.mMetadata)
+    , mTimingCacheId(other.mTimingCacheId)
 {
     // mSerialFields points into `other`; it is rebuilt by getFieldsToSerialize().
 }
@@ -318,6 +321,11 @@ size_t PackedAttentionPlugin::getWorkspaceSize(DynamicPluginTensorDesc const* /*
 char const* PackedAttentionPlugin::getMetadataString() noexcept
 {
     return mMetadata.c_str();
+}
+
+char const* PackedAttentionPlugin::getTimingCacheID() noexcept
+{
+    return mTimingCacheId.c_str();
 }
 
 int32_t PackedAttentionPlugin::onShapeChange(

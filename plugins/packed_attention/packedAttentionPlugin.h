@@ -71,6 +71,10 @@ public:
     size_t getWorkspaceSize(nvinfer1::DynamicPluginTensorDesc const* inputs, int32_t nbInputs,
         nvinfer1::DynamicPluginTensorDesc const* outputs, int32_t nbOutputs) const noexcept override;
     char const* getMetadataString() noexcept override;
+    //! Suffix of the timing cache key: the fields that change which kernel runs (num_heads, head_dim) and the
+    //! kernel revision. TensorRT prefixes it with the I/O shapes and formats (dtype included). `scale` does not
+    //! change the kernel or its timing, so plugins that differ only in scale share timings.
+    char const* getTimingCacheID() noexcept override;
 
     // IPluginV3OneRuntime
     int32_t onShapeChange(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, nvinfer1::PluginTensorDesc const* out,
@@ -90,6 +94,7 @@ private:
     int32_t mHeadDim;
     float mScale; //!< as given; 0 means 1/sqrt(head_dim) (resolved by the launcher)
     std::string mMetadata;
+    std::string mTimingCacheId;
     std::vector<nvinfer1::PluginField> mSerialFields;
     nvinfer1::PluginFieldCollection mSerialCollection{};
 };

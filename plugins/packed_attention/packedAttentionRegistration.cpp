@@ -1,19 +1,25 @@
 /*
- * Creator, logging and registration of the NavitPackedAttention plugin library.
+ * Creator, logging and registration of the NavitPackedAttention plugin libraries.
  *
- * How the library becomes visible to TensorRT, for each way of loading it:
- *  1. IPluginRegistry::loadLibrary / `trtexec --dynamicPlugins`: TensorRT dlopens the library, calls
- *     setLoggerFinder() and getCreators() and registers the returned creators itself.
- *  2. A plain dlopen (Polygraphy `--plugins` uses ctypes.CDLL, ONNX Runtime's `trt_extra_plugin_lib_paths`,
- *     `trtexec --staticPlugins`): a static initializer registers the creator in the global registry
- *     (what REGISTER_TENSORRT_PLUGIN would do).
+ * This file is compiled into two libraries that differ only in NAVIT_STATIC_REGISTRATION:
+ *  - libnavit_packed_attention_plugin.so (NAVIT_STATIC_REGISTRATION=0): registers nothing by itself. For
+ *    IPluginRegistry::loadLibrary (`trt.get_plugin_registry().load_library`, `navit compile`, TensorRTRunner) and
+ *    `trtexec --dynamicPlugins`: TensorRT dlopens the library, calls setLoggerFinder() and getCreators() and
+ *    registers the returned creators itself. Nothing of ours touches the registry while loadLibrary runs.
+ *  - libnavit_packed_attention_plugin_autoreg.so (NAVIT_STATIC_REGISTRATION=1): in addition, a static
+ *    initializer registers the creator in the global registry when the library is loaded (what
+ *    REGISTER_TENSORRT_PLUGIN does). For loaders that only dlopen: Polygraphy `--plugins` (ctypes.CDLL), ONNX
+ *    Runtime's `trt_extra_plugin_lib_paths`, `trtexec --staticPlugins`. Set NAVIT_PLUGIN_NO_STATIC_REGISTRATION=1
+ *    to turn the initializer off. If a creator of this plugin (from any file) is already registered, the
+ *    initializer leaves it alone and registers nothing.
  *
- * Double registration: loadLibrary dlopens the library first (so case 2 also runs) and then fails if any
- * creator it gets from getCreators() "is already registered" (NvInferRuntimeCommon.h, loadLibrary). So
- * getCreators() first deregisters the creator that the static initializer registered (only that one: same
- * object, same registry), leaving the registration to loadLibrary. Set NAVIT_PLUGIN_NO_STATIC_REGISTRATION=1
- * to disable the static registration entirely. If another copy of this plugin (another file) is already
- * registered, the static initializer leaves it alone and registers nothing.
+ * Why two files: loadLibrary dlopens the library, so a static initializer would run inside loadLibrary and call
+ * the registry from there (getCreator, registerCreator), which TensorRT does not document as allowed; and
+ * loadLibrary "fails if any of the plugins are already registered" (NvInferRuntimeCommon.h). The autoreg
+ * library, if passed to loadLibrary anyway, hands over: its getCreators() first deregisters the creator its
+ * initializer registered (only that one: same object, same registry), so loadLibrary's own registration is not
+ * a duplicate. That works where TensorRT tolerates registry calls during loadLibrary; the plain library needs
+ * no such assumption.
  *
  * No link-time dependency on libnvinfer: getPluginRegistry()/getLogger() are looked up at run time with
  * dlsym, first in the global scope, then in an already-loaded libnvinfer (RTLD_NOLOAD), meant to cover the
@@ -22,8 +28,12 @@
  * entry would do, without making it a hard requirement). The object found must also define
  * createInferRuntime_INTERNAL and, when it exports getInferLibMajorVersion(), be of the major version of the
  * headers we were built with. If TensorRT is not loaded at all (e.g. the library is opened by a test),
- * nothing is registered and loading still succeeds.
+ * nothing is registered and loading still succeeds. The plain library only uses the lookup to find a logger
+ * when no ILoggerFinder was given, and never loads anything.
  */
+#ifndef NAVIT_STATIC_REGISTRATION
+#error "define NAVIT_STATIC_REGISTRATION to 0 (plain library) or 1 (autoreg library); see CMakeLists.txt"
+#endif
 #include "packedAttentionKernel.h"
 #include "packedAttentionPlugin.h"
 
@@ -153,8 +163,9 @@ TensorRTSymbols findTensorRTSymbolsUncached(bool allowLoad) noexcept
     return result;
 }
 
-//! Computed once. The first call comes from the static initializer (allowLoad = true) unless static
-//! registration is disabled, in which case the logger lookup never loads anything.
+//! Computed once. In the autoreg library the first call comes from the static initializer (allowLoad = true)
+//! unless static registration is disabled; otherwise (and always in the plain library) the logger lookup makes
+//! it, and it never loads anything.
 TensorRTSymbols const& findTensorRTSymbols(bool allowLoad = false) noexcept
 {
     static TensorRTSymbols const symbols = findTensorRTSymbolsUncached(allowLoad);
@@ -166,7 +177,9 @@ using GetLoggerFn = ILogger* (*) () noexcept;
 
 std::mutex gMutex;
 ILoggerFinder* gLoggerFinder{nullptr};
+#if NAVIT_STATIC_REGISTRATION
 IPluginRegistry* gStaticRegistry{nullptr}; //!< registry holding our static registration, if any
+#endif
 
 ILogger* currentLogger() noexcept
 {
@@ -198,13 +211,14 @@ PackedAttentionPluginCreator& theCreator()
     return creator;
 }
 
+#if NAVIT_STATIC_REGISTRATION
 bool staticRegistrationDisabled() noexcept
 {
     char const* env = std::getenv("NAVIT_PLUGIN_NO_STATIC_REGISTRATION");
     return env != nullptr && env[0] != '\0' && std::strcmp(env, "0") != 0;
 }
 
-//! Runs when the library is loaded (case 2 in the file comment).
+//! Runs when the autoreg library is loaded (see the file comment).
 struct StaticRegistration
 {
     StaticRegistration() noexcept
@@ -234,6 +248,7 @@ struct StaticRegistration
 };
 
 StaticRegistration gStaticRegistration;
+#endif // NAVIT_STATIC_REGISTRATION
 
 bool readInt(PluginField const& f, int32_t& value)
 {
@@ -408,6 +423,7 @@ extern "C"
     NAVIT_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
     {
         using namespace navit::plugin;
+#if NAVIT_STATIC_REGISTRATION
         IPluginRegistry* registry = nullptr;
         {
             std::lock_guard<std::mutex> lock(gMutex);
@@ -419,6 +435,7 @@ extern "C"
             // Undo our load-time registration so that the caller's registration does not fail as a duplicate.
             registry->deregisterCreator(theCreator());
         }
+#endif
         static nvinfer1::IPluginCreatorInterface* const kCreators[] = {&theCreator()};
         nbCreators = 1;
         return kCreators;

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,17 +10,14 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_SRC = REPO_ROOT / "plugins" / "packed_attention"
+EMU_DIR = Path(__file__).resolve().parent / "emu"
 if str(REPO_ROOT) not in sys.path:  # allow plain `pytest` without installing the package
     sys.path.insert(0, str(REPO_ROOT))
 
+from navit_deploy.compile.plugin_lib import compile_kernel_library, find_nvcc  # noqa: E402  (re-exported for tests)
 
-def find_nvcc() -> str | None:
-    """nvcc on PATH, else the default CUDA location."""
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    default = Path("/usr/local/cuda/bin/nvcc")
-    return str(default) if default.is_file() else None
+__all__ = ["EMU_DIR", "PLUGIN_SRC", "REPO_ROOT", "compile_kernel_library", "cu_seqlens", "env_flag",
+           "find_cuda_include", "find_nvcc", "reference_attention_np"]
 
 
 def find_cuda_include() -> Path | None:
@@ -36,37 +31,6 @@ def find_cuda_include() -> Path | None:
         if root and (Path(root) / "include" / "cuda_runtime_api.h").is_file():
             return Path(root) / "include"
     return None
-
-
-def compile_kernel_library(out_dir: Path, arch: str) -> Path:
-    """Compile libnavit_packed_attention_kernel.so for one architecture (e.g. "sm_90") with nvcc.
-
-    Raises RuntimeError with the compiler output on failure, FileNotFoundError without nvcc.
-    """
-    nvcc = find_nvcc()
-    if nvcc is None:
-        raise FileNotFoundError("nvcc not found")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lib = out_dir / "libnavit_packed_attention_kernel.so"
-    cmd = [
-        nvcc,
-        "-std=c++17",
-        "-O3",
-        "-shared",
-        f"-arch={arch}",
-        "-Xcompiler=-fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror",
-        "--Werror",
-        "all-warnings",
-        "-cudart=static",
-        str(PLUGIN_SRC / "packedAttentionKernel.cu"),
-        str(PLUGIN_SRC / "packedAttentionCApi.cpp"),
-        "-o",
-        str(lib),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"nvcc failed ({proc.returncode}):\n{' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
-    return lib
 
 
 def cu_seqlens(lengths: list[int]) -> np.ndarray:

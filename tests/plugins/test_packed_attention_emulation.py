@@ -12,51 +12,16 @@ it does not measure GPU-specific behaviour (timing, real WMMA layouts, memory mo
 from __future__ import annotations
 
 import ctypes
+import math
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from plugin_test_utils import PLUGIN_SRC, cu_seqlens, reference_attention_np
+from plugin_test_utils import EMU_DIR, PLUGIN_SRC, cu_seqlens, reference_attention_np
 
-EMU_DIR = Path(__file__).resolve().parent / "emu"
 SIMT, WMMA = 1, 2
-
-
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ not found")
-    lib = tmp_path_factory.mktemp("emu") / "libnavit_attention_emu.so"
-    cmd = [
-        compiler,
-        "-std=c++20",
-        "-O2",
-        "-fPIC",
-        "-shared",
-        "-fno-strict-aliasing",
-        "-Wall",
-        "-Wextra",
-        "-Werror",
-        f"-I{EMU_DIR}",
-        f"-I{PLUGIN_SRC}",
-        str(EMU_DIR / "emu_runner.cpp"),
-        "-o",
-        str(lib),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0 and "_Float16" in proc.stderr:
-        pytest.skip("this g++ has no _Float16 support")
-    assert proc.returncode == 0, proc.stderr[-6000:]
-    emu = ctypes.CDLL(str(lib))
-    i32 = ctypes.c_int32
-    emu.navitEmuRun.argtypes = [ctypes.c_void_p] * 5 + [i32] * 4 + [ctypes.c_float] + [i32] * 4
-    emu.navitEmuRun.restype = i32
-    emu.navitEmuNumConfigs.argtypes = [i32, i32, i32]
-    emu.navitEmuNumConfigs.restype = i32
-    return emu
 
 
 def _variants() -> list[tuple[int, bool, int, int]]:
@@ -186,3 +151,49 @@ def test_emulated_kernels_are_memory_safe_under_asan(tmp_path: Path) -> None:
     env = {"ASAN_OPTIONS": "detect_leaks=0", "PATH": "/usr/bin:/bin"}
     run = subprocess.run([str(exe)], capture_output=True, text=True, env=env, check=False, timeout=600)
     assert run.returncode == 0 and run.stdout.strip().endswith("OK"), (run.stdout + run.stderr)[-6000:]
+
+
+def work_items(emu: ctypes.CDLL, lengths: list[int], pad: int, block_m: int) -> tuple[np.ndarray, np.ndarray]:
+    """What every block's work-item lookup returns ([grid, 4]: found, segStart, segEnd, qStart) and how many
+    warp-wide operations (shuffles, ballots) it took ([grid])."""
+    cu = cu_seqlens(lengths)
+    total = int(cu[-1]) + pad
+    grid = -(-total // block_m) + len(lengths)
+    items = np.zeros((grid, 4), dtype=np.int32)
+    ops = np.zeros(grid, dtype=np.int64)
+    assert emu.navitEmuFindWorkItems(cu.ctypes.data, len(lengths), total, block_m, items.ctypes.data,
+                                     ops.ctypes.data) == grid
+    return items, ops
+
+
+LOOKUP_PACKS = {
+    # name: (image token counts, padding tokens)
+    "mixed": ([1, 70, 5, 0, 33, 64, 1, 129, 0, 0, 2], 3),
+    "many_small": ([int(x) for x in np.random.default_rng(3).integers(0, 40, size=700)], 100),
+    "one_token_4096": ([1] * 4096, 0),
+    "only_padding": ([], 77),
+}
+
+
+@pytest.mark.parametrize("block_m", [32, 64])
+@pytest.mark.parametrize("pack", list(LOOKUP_PACKS))
+def test_work_items_cover_every_tile_once(emu: ctypes.CDLL, pack: str, block_m: int) -> None:
+    """Every (image, query tile) is computed by exactly one block, with its image's bounds; no other block
+    computes anything (the rest zero padding or idle)."""
+    lengths, pad = LOOKUP_PACKS[pack]
+    cu = cu_seqlens(lengths)
+    items, _ = work_items(emu, lengths, pad, block_m)
+    got = sorted((int(s), int(e), int(q)) for f, s, e, q in items if f)
+    want = sorted((int(cu[b]), int(cu[b + 1]), int(cu[b]) + j * block_m)
+                  for b in range(len(lengths)) for j in range(-(-lengths[b] // block_m)))
+    assert got == want
+
+
+
+def test_work_item_lookup_is_logarithmic_in_the_images(emu: ctypes.CDLL) -> None:
+    """The lookup of a block costs O(log_32 B) warp operations, not a scan of cu_seqlens (O(B / 32) per block,
+    O(B^2 / 32) per launch): 4096 one-token images need at most ceil(log_32(4097)) + 1 = 4 per block."""
+    images = 4096
+    _, ops = work_items(emu, [1] * images, 0, 64)
+    bound = math.ceil(math.log(images + 1, 32)) + 1
+    assert ops.max() <= bound, f"a block took {ops.max()} warp operations (mean {ops.mean():.1f}); bound {bound}"

@@ -1,8 +1,11 @@
 """NavitPackedAttention kernel: nvcc compile check, C API validation, and GPU correctness harness.
 
 The GPU tests run the kernel through ctypes on torch CUDA tensors and compare with per-image
-``torch.nn.functional.scaled_dot_product_attention`` in float32. They skip without a CUDA GPU. The kernel
-library is ``$NAVIT_KERNEL_LIB`` if set, else it is compiled with nvcc for the GPU's architecture.
+``torch.nn.functional.scaled_dot_product_attention`` in float32: fp32 and fp16 (tensor cores and SIMT), head
+dims 32/64/128, one-token images, a pack of 16,384 tokens, padding, CUDA graphs. Head dim 72 (and other dims
+without kernels) must be refused with STATUS_UNSUPPORTED_HEAD_DIM before anything is written. The GPU tests
+skip without a CUDA GPU. The kernel library is ``$NAVIT_KERNEL_LIB`` if set, else it is compiled with nvcc for
+the GPU's architecture. ``scripts/gpu_check.sh`` runs this file on a GPU machine.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pytest
 from plugin_test_utils import compile_kernel_library, cu_seqlens, find_nvcc
 
 from navit_deploy.compile import plugin_lib
+from navit_deploy.errors import PluginError
 from navit_deploy.compile.plugin_lib import (
     ALGO_AUTO,
     ALGO_SIMT,
@@ -91,6 +95,7 @@ def test_kernel_library_validates_arguments(cpu_kernel_library: Path) -> None:
     """Invalid arguments are rejected before anything touches the device (fake addresses are never used)."""
     lib = load_kernel_library(cpu_kernel_library)
     assert _launch_raw(lib, head_dim=48) == STATUS_UNSUPPORTED_HEAD_DIM
+    assert _launch_raw(lib, head_dim=72) == STATUS_UNSUPPORTED_HEAD_DIM
     assert _launch_raw(lib, head_dim=256) == STATUS_UNSUPPORTED_HEAD_DIM
     assert _launch_raw(lib, heads=0) == STATUS_INVALID_ARGUMENT
     assert _launch_raw(lib, tokens=-1) == STATUS_INVALID_ARGUMENT
@@ -119,7 +124,9 @@ PACKS: dict[str, tuple[list[int], int]] = {
     "one_token_images": ([1] * 64, 0),
     "large_and_tiny": ([1, 1500, 2, 900], 100),
     "only_padding": ([], 50),
+    "mixed_16384": ([4096, 3000, 2500, 2048, 1600, 1024, 900, 576, 400, 196, 36, 8], 0),
 }
+UNSUPPORTED_HEAD_DIMS = [72, 80]  # ViT-style dims without kernels (SUPPORTED_HEAD_DIMS are 32, 64, 128)
 VARIANTS = [("float32", ALGO_AUTO), ("float16", ALGO_AUTO), ("float16", ALGO_SIMT)]
 NUM_HEADS = 3
 
@@ -138,7 +145,7 @@ def gpu_kernel(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     major, minor = torch.cuda.get_device_capability()
     try:
         path = compile_kernel_library(tmp_path_factory.mktemp("kernel_gpu"), f"sm_{major}{minor}")
-    except RuntimeError as exc:
+    except PluginError as exc:
         pytest.skip(f"the kernel library could not be built for sm_{major}{minor}: {exc}")
     return load_kernel_library(path)
 
@@ -237,6 +244,21 @@ def test_explicit_scale_and_side_stream(gpu_kernel: ctypes.CDLL, dtype_name: str
     ref = _reference(q, k, v, cu_list, 64, 0.37)
     tol = 1e-4 if dtype == torch.float32 else 2e-3
     torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("head_dim", UNSUPPORTED_HEAD_DIMS)
+@pytest.mark.parametrize("dtype_name", ["float32", "float16"])
+def test_unsupported_head_dim_is_refused_on_the_gpu(gpu_kernel: ctypes.CDLL, head_dim: int, dtype_name: str) -> None:
+    """No kernel exists for these head dims: the launch reports it and writes nothing (no silent garbage)."""
+    assert head_dim not in plugin_lib.SUPPORTED_HEAD_DIMS
+    q, k, v, cu, _ = _make_inputs([5, 17], 3, head_dim, getattr(torch, dtype_name))
+    out = torch.full_like(q, 7.0)
+    rc = gpu_kernel.navitPackedAttentionLaunch(q.data_ptr(), k.data_ptr(), v.data_ptr(), cu.data_ptr(), out.data_ptr(),
+                                               q.shape[0], 2, NUM_HEADS, head_dim, 0.0, q.dtype == torch.float16,
+                                               torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    assert rc == STATUS_UNSUPPORTED_HEAD_DIM, status_string(gpu_kernel, rc)
+    assert bool((out == 7.0).all())
 
 
 def test_tensor_core_algo_rejects_fp32(gpu_kernel: ctypes.CDLL) -> None:

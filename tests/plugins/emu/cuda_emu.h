@@ -108,6 +108,7 @@ struct State
     std::vector<uint64_t> warpGen;
     std::vector<uint64_t> exchange; //!< one 64-bit slot per thread, for shuffles and ballots
     unsigned char* smem = nullptr;
+    uint64_t warpCollectives = 0; //!< warp-wide shuffles and ballots executed (counted once per warp)
     void (*entry)(void*) = nullptr;
     void* entryArg = nullptr;
 };
@@ -170,11 +171,22 @@ inline void warpBarrier()
     waitFor(s.warpGen[static_cast<size_t>(w)], seen);
 }
 
+//! Count one warp-wide operation (called by every lane; counted by lane 0).
+inline void countCollective()
+{
+    State& s = state();
+    if (s.current % 32 == 0)
+    {
+        ++s.warpCollectives;
+    }
+}
+
 template <typename T>
 T exchangeWith(T value, int srcLane)
 {
     static_assert(sizeof(T) <= 8, "shuffle of a type larger than 8 bytes");
     State& s = state();
+    countCollective();
     uint64_t bits = 0;
     std::memcpy(&bits, &value, sizeof(T));
     s.exchange[static_cast<size_t>(s.current)] = bits;
@@ -215,7 +227,7 @@ inline void runBlock(void (*entry)(void*), void* arg, int order)
     }
     s.entry = entry;
     s.entryArg = arg;
-    s.fibers.assign(static_cast<size_t>(n), Fiber{});
+    s.fibers.resize(static_cast<size_t>(n)); // stacks are kept from block to block (allocated once)
     s.blockCount = 0;
     s.warpCount.assign(static_cast<size_t>(n / 32), 0);
     s.warpGen.assign(static_cast<size_t>(n / 32), 0);
@@ -223,6 +235,8 @@ inline void runBlock(void (*entry)(void*), void* arg, int order)
     for (int i = 0; i < n; ++i)
     {
         Fiber& f = s.fibers[static_cast<size_t>(i)];
+        f.done = false;
+        f.waiting = false;
         f.stack.resize(256 * 1024);
         getcontext(&f.ctx);
         f.ctx.uc_stack.ss_sp = f.stack.data();
@@ -324,6 +338,7 @@ inline unsigned __ballot_sync(unsigned mask, bool predicate)
 {
     navit_emu::checkMask(mask);
     navit_emu::State& s = navit_emu::state();
+    navit_emu::countCollective();
     s.exchange[static_cast<size_t>(s.current)] = predicate ? 1U : 0U;
     navit_emu::warpBarrier();
     unsigned result = 0;
@@ -334,6 +349,11 @@ inline unsigned __ballot_sync(unsigned mask, bool predicate)
     }
     navit_emu::warpBarrier();
     return result;
+}
+
+inline int __popc(unsigned x)
+{
+    return __builtin_popcount(x);
 }
 
 #include "wmma_emu.h"

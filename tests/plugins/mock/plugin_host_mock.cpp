@@ -1,13 +1,25 @@
 /*
- * A stand-in for a TensorRT process, to test libnavit_packed_attention_plugin.so without TensorRT libraries
+ * A stand-in for a TensorRT process, to test the NavitPackedAttention plugin libraries without TensorRT libraries
  * or a GPU. Compiled against real TensorRT headers (10.x or 11.x) and linked with -rdynamic, so that the
  * plugin's dlsym(RTLD_DEFAULT, "getPluginRegistry"/"getLogger") finds the mock registry and logger below.
  *
  * MockRegistry::loadLibrary follows the documented contract of IPluginRegistry::loadLibrary: dlopen, call
- * setLoggerFinder and getCreators, fail if any creator is already registered, otherwise register them.
+ * setLoggerFinder and getCreators, fail if any creator is already registered, otherwise register them. With
+ * --strict it also plays a TensorRT that holds its registry lock for the whole of loadLibrary: any registry call
+ * made while loadLibrary runs (e.g. from a static initializer of the library being loaded) is refused and counted.
  *
- *   plugin_host_mock dlopen|loadlibrary|nostatic|wrongmajor|plugin /path/to/libnavit_packed_attention_plugin.so
- * (nostatic expects NAVIT_PLUGIN_NO_STATIC_REGISTRATION=1, wrongmajor expects MOCK_TRT_MAJOR=<other major>).
+ *   plugin_host_mock [--strict] MODE LIB [LIB2]
+ *   MODE: dlopen-registers  dlopen LIB: exactly one creator is registered (the autoreg library)
+ *         dlopen-silent     dlopen LIB: nothing is registered (plain library; autoreg with
+ *                           NAVIT_PLUGIN_NO_STATIC_REGISTRATION=1 or MOCK_TRT_MAJOR=<other major>)
+ *         plugin            dlopen LIB (autoreg), then exercise the plugin, logging through getLogger()
+ *         loadlibrary       loadLibrary(LIB) succeeds with one creator; exercise the plugin (ILoggerFinder)
+ *         dlopen-then-load  dlopen LIB, then loadLibrary(LIB) succeeds; one creator
+ *         load-then-dlopen  loadLibrary(LIB), then dlopen LIB; still the one creator loadLibrary registered
+ *         autoreg-then-plain  dlopen LIB (autoreg), then loadLibrary(LIB2 = plain) fails as a duplicate and the
+ *                           autoreg creator stays the only one
+ *         plain-then-autoreg  loadLibrary(LIB = plain), then dlopen LIB2 (autoreg): its initializer registers
+ *                           nothing, the plain creator stays the only one
  * Prints "OK" and exits 0 on success; prints "FAIL: ..." and exits 1 otherwise. Test-only code.
  */
 #include "NvInferRuntime.h"
@@ -77,6 +89,20 @@ class MockRegistry : public IPluginRegistry
 {
 public:
     std::vector<IPluginCreatorInterface*> creators;
+    bool strict{false};     //!< refuse registry calls made while loadLibrary runs
+    int loading{0};         //!< > 0 while loadLibrary runs
+    int reentrantCalls{0};  //!< registry calls made while loadLibrary ran
+
+    //! True when a call must be refused (strict mode, inside loadLibrary).
+    bool refuseReentrant()
+    {
+        if (loading == 0)
+        {
+            return false;
+        }
+        ++reentrantCalls;
+        return strict;
+    }
 
     IPluginCreatorInterface* find(char const* name, char const* version, char const* ns)
     {
@@ -128,6 +154,13 @@ public:
     void setParentSearchEnabled(bool const) override {}
     PluginLibraryHandle loadLibrary(AsciiChar const* path) noexcept override
     {
+        ++loading;
+        PluginLibraryHandle handle = loadLibraryLocked(path);
+        --loading;
+        return handle;
+    }
+    PluginLibraryHandle loadLibraryLocked(AsciiChar const* path) noexcept
+    {
         void* handle = dlopen(path, RTLD_LAZY | RTLD_LOCAL);
         if (handle == nullptr)
         {
@@ -159,6 +192,10 @@ public:
     void deregisterLibrary(PluginLibraryHandle) noexcept override {}
     bool registerCreator(IPluginCreatorInterface& creator, AsciiChar const* const) noexcept override
     {
+        if (refuseReentrant())
+        {
+            return false;
+        }
         IPluginCreatorV3One* v3 = asV3(&creator);
         if (v3 == nullptr || find(v3->getPluginName(), v3->getPluginVersion(), v3->getPluginNamespace()) != nullptr)
         {
@@ -175,10 +212,14 @@ public:
     IPluginCreatorInterface* getCreator(
         AsciiChar const* const name, AsciiChar const* const version, AsciiChar const* const ns) noexcept override
     {
-        return find(name, version, ns);
+        return refuseReentrant() ? nullptr : find(name, version, ns);
     }
     bool deregisterCreator(IPluginCreatorInterface const& creator) noexcept override
     {
+        if (refuseReentrant())
+        {
+            return false;
+        }
         for (auto it = creators.begin(); it != creators.end(); ++it)
         {
             if (*it == &creator)
@@ -254,6 +295,32 @@ IPluginV3* create(IPluginCreatorV3One* c, int32_t heads, int32_t headDim, float 
     return c->createPlugin("layer", &fc, phase);
 }
 
+std::string timingCacheId(IPluginV3* plugin)
+{
+    CHECK(plugin != nullptr);
+    auto* b = static_cast<IPluginV3OneBuild*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
+    char const* id = b->getTimingCacheID();
+    CHECK(id != nullptr && id[0] != '\0'); // nullptr would disable timing caching for the plugin altogether
+    std::string result = id;
+    delete plugin;
+    return result;
+}
+
+//! The timing cache ID is set, depends on the fields that change the kernel (num_heads, head_dim) and not on
+//! scale, and survives clone().
+void checkTimingCacheId(IPluginCreatorV3One* creator, IPluginV3OneBuild* build)
+{
+    std::string const id = build->getTimingCacheID();
+    CHECK(id.find("num_heads=2") != std::string::npos && id.find("head_dim=64") != std::string::npos);
+    CHECK(timingCacheId(create(creator, 2, 128, 0.F, TensorRTPhase::kBUILD)) != id);
+    CHECK(timingCacheId(create(creator, 4, 64, 0.F, TensorRTPhase::kBUILD)) != id);
+    CHECK(timingCacheId(create(creator, 2, 64, 0.5F, TensorRTPhase::kBUILD)) == id);
+    IPluginV3* original = create(creator, 2, 64, 0.F, TensorRTPhase::kBUILD);
+    CHECK(original != nullptr);
+    CHECK(timingCacheId(original->clone()) == id);
+    delete original;
+}
+
 void exercisePlugin(IPluginCreatorV3One* creator)
 {
     CHECK(std::strcmp(creator->getPluginName(), "NavitPackedAttention") == 0);
@@ -326,6 +393,7 @@ void exercisePlugin(IPluginCreatorV3One* creator)
     io[2].max = dims2(4096, 128);
     CHECK(build->getWorkspaceSize(io, 4, io + 4, 1) == 0);
     CHECK(std::string(build->getMetadataString()).find("head_dim=64") != std::string::npos);
+    checkTimingCacheId(creator, build);
 
     PluginTensorDesc rt[5]{};
     for (int i = 0; i < 5; ++i)
@@ -357,6 +425,7 @@ void exercisePlugin(IPluginCreatorV3One* creator)
     auto* restoredBuild
         = static_cast<IPluginV3OneBuild*>(restored->getCapabilityInterface(PluginCapabilityType::kBUILD));
     CHECK(std::strcmp(restoredBuild->getMetadataString(), build->getMetadataString()) == 0);
+    CHECK(std::strcmp(restoredBuild->getTimingCacheID(), build->getTimingCacheID()) == 0);
     IPluginV3* cloned = plugin->clone();
     CHECK(cloned != nullptr && cloned != plugin);
     IPluginV3* attached = runtime->attachToContext(nullptr);
@@ -367,47 +436,98 @@ void exercisePlugin(IPluginCreatorV3One* creator)
     delete plugin;
 }
 
-} // namespace
-
-int main(int argc, char** argv)
+void* dlopenOrDie(char const* lib)
 {
-    if (argc != 3)
-    {
-        std::printf("usage: %s dlopen|loadlibrary|nostatic|wrongmajor|plugin LIB\n", argv[0]);
-        return 2;
-    }
-    std::string const mode = argv[1];
-    char const* lib = argv[2];
-    if (mode == "loadlibrary")
-    {
-        CHECK(gRegistry.loadLibrary(lib) != nullptr); // static registration must not make this a duplicate
-        CHECK(gRegistry.creators.size() == 1);
-        CHECK(gRegistry.find("NavitPackedAttention", "1", "navit") != nullptr);
-        // The logger finder given by loadLibrary is used.
-        exercisePlugin(asV3(gRegistry.creators[0]));
-        std::printf("OK\n");
-        return 0;
-    }
     void* handle = dlopen(lib, RTLD_NOW | RTLD_LOCAL);
     if (handle == nullptr)
     {
         std::printf("FAIL: dlopen: %s\n", dlerror());
-        return 1;
+        std::exit(1);
     }
-    if (mode == "nostatic" || mode == "wrongmajor")
+    return handle;
+}
+
+IPluginCreatorInterface* theOnlyCreator()
+{
+    CHECK(gRegistry.creators.size() == 1);
+    IPluginCreatorInterface* c = gRegistry.find("NavitPackedAttention", "1", "navit");
+    CHECK(c != nullptr);
+    return c;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    int arg = 1;
+    if (arg < argc && std::strcmp(argv[arg], "--strict") == 0)
     {
-        CHECK(gRegistry.creators.empty());
+        gRegistry.strict = true;
+        ++arg;
     }
-    else
+    if (argc - arg < 2)
     {
-        CHECK(gRegistry.creators.size() == 1); // registered by the static initializer
-        IPluginCreatorInterface* c = gRegistry.find("NavitPackedAttention", "1", "navit");
-        CHECK(c != nullptr);
+        std::printf("usage: %s [--strict] MODE LIB [LIB2] (see the comment at the top of the source)\n", argv[0]);
+        return 2;
+    }
+    std::string const mode = argv[arg];
+    char const* lib = argv[arg + 1];
+    char const* lib2 = argc - arg > 2 ? argv[arg + 2] : nullptr;
+    if (mode == "dlopen-registers" || mode == "plugin")
+    {
+        dlopenOrDie(lib);
+        IPluginCreatorInterface* c = theOnlyCreator(); // registered by the static initializer
         if (mode == "plugin")
         {
             exercisePlugin(asV3(c));
             CHECK(!gLogger.messages.empty()); // errors went to getLogger() (no ILoggerFinder given)
         }
+    }
+    else if (mode == "dlopen-silent")
+    {
+        dlopenOrDie(lib);
+        CHECK(gRegistry.creators.empty());
+    }
+    else if (mode == "loadlibrary")
+    {
+        CHECK(gRegistry.loadLibrary(lib) != nullptr); // no duplicate, no refused call in --strict
+        exercisePlugin(asV3(theOnlyCreator()));       // the logger finder given by loadLibrary is used
+    }
+    else if (mode == "dlopen-then-load")
+    {
+        dlopenOrDie(lib);
+        CHECK(gRegistry.loadLibrary(lib) != nullptr);
+        theOnlyCreator();
+    }
+    else if (mode == "load-then-dlopen")
+    {
+        CHECK(gRegistry.loadLibrary(lib) != nullptr);
+        IPluginCreatorInterface* c = theOnlyCreator();
+        dlopenOrDie(lib);
+        CHECK(theOnlyCreator() == c);
+    }
+    else if (mode == "autoreg-then-plain" && lib2 != nullptr)
+    {
+        dlopenOrDie(lib);
+        IPluginCreatorInterface* c = theOnlyCreator();
+        CHECK(gRegistry.loadLibrary(lib2) == nullptr); // the plain library's creator is a duplicate
+        CHECK(theOnlyCreator() == c);
+    }
+    else if (mode == "plain-then-autoreg" && lib2 != nullptr)
+    {
+        CHECK(gRegistry.loadLibrary(lib) != nullptr);
+        IPluginCreatorInterface* c = theOnlyCreator();
+        dlopenOrDie(lib2);
+        CHECK(theOnlyCreator() == c);
+    }
+    else
+    {
+        std::printf("FAIL: unknown mode %s (or LIB2 missing)\n", mode.c_str());
+        return 2;
+    }
+    if (gRegistry.strict)
+    {
+        CHECK(gRegistry.reentrantCalls == 0); // nothing of the library called the registry inside loadLibrary
     }
     std::printf("OK\n");
     return 0;
