@@ -127,11 +127,16 @@ def compare(reference: Sequence[ImageResult], candidate: Sequence[ImageResult], 
             per.append(ImageParity(r.name, float("nan"), float("nan"), float("nan"), False,
                                    ("both: " if same else "one runner: ") + str(r.error or c.error)))
             continue
-        assert r.embedding is not None and c.embedding is not None and r.logits is not None and c.logits is not None
-        per.append(ImageParity(r.name, float(np.abs(r.embedding - c.embedding).max()),
-                               float(np.abs(r.logits - c.logits).max()),
-                               _cos(r.embedding.astype(np.float64), c.embedding.astype(np.float64)), r.top1 == c.top1,
-                               reference_margin=_margin(r.logits)))
+        assert r.embedding is not None and c.embedding is not None
+        if (r.logits is None) != (c.logits is None):
+            raise ConfigError(f"{r.name}: one runner has logits and the other has none; they run different models")
+        if r.logits is None or c.logits is None:  # an embedding model: nothing to compare but the embedding
+            dlogit, match, margin = 0.0, True, float("inf")
+        else:
+            dlogit, match, margin = float(np.abs(r.logits - c.logits).max()), r.top1 == c.top1, _margin(r.logits)
+        per.append(ImageParity(r.name, float(np.abs(r.embedding - c.embedding).max()), dlogit,
+                               _cos(r.embedding.astype(np.float64), c.embedding.astype(np.float64)), match,
+                               reference_margin=margin))
     ok = [p for p in per if p.error is None]
     if not ok:
         raise ConfigError("parity needs at least one image that both runners processed")
@@ -148,6 +153,7 @@ def compare(reference: Sequence[ImageResult], candidate: Sequence[ImageResult], 
         "max_abs_embedding_median": float(np.median(emb)), "max_abs_logit_max": float(logit.max()),
         "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "top1_agreement": agree,
         "top1_agreement_decisive": agree_decisive, "near_tie_flips": len(ties),
+        "has_logits": any(r.logits is not None for r in reference if r.ok),
     }
     failures = []
     if len(ok) + skipped < len(per):

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import torch
 
+from navit_deploy.compile.plugin_lib import SUPPORTED_HEAD_DIMS
 from navit_deploy.errors import ArtifactMismatchError, ConfigError
 from navit_deploy.export import ops  # noqa: F401  (registers navit::packed_attention and the packed-op impl)
 from navit_deploy.export.lowerings import get_lowering, translation_table
@@ -18,7 +19,7 @@ from navit_deploy.frontend import grid_coords
 from navit_deploy.model.navit import NaViT
 from navit_deploy.packing import build_pack
 from navit_deploy.runtime.artifact import METADATA_KEY, DeploymentArtifact, write_sidecar
-from navit_deploy.runtime.runner import INPUT_NAMES, OUTPUT_NAMES
+from navit_deploy.runtime.runner import INPUT_NAMES
 
 # Opset 20 has a single ``Gelu`` node (ONNX Runtime CPU/CUDA, TensorRT >= 10.0); 17-19 spell it out in
 # eight elementwise ops (about 10% of ONNX Runtime CPU model time), for older consumers.
@@ -51,6 +52,10 @@ def export_onnx(model: NaViT, out: str | Path, *, lowering: str = "dense", weigh
         raise ConfigError(f"ONNX opset {opset} is not supported; choose {OPSETS.start}-{OPSETS.stop - 1} "
                           f"(default {DEFAULT_OPSET}; TensorRT 10 parses up to 20)")
     cfg = model.config
+    if low.name == "trt-plugin" and cfg.head_dim not in SUPPORTED_HEAD_DIMS:
+        raise ConfigError(f"the NavitPackedAttention plugin supports head dims {SUPPORTED_HEAD_DIMS}; this model has "
+                          f"{cfg.head_dim} ({cfg.heads} heads of {cfg.dim} wide). Export with --attention dense "
+                          "(any TensorRT) or trt-native (TensorRT >= 11.1) instead")
     start = time.time()
     model = model.eval().set_attention(low.attention_impl)
     pack = example_pack(model)
@@ -63,14 +68,15 @@ def export_onnx(model: NaViT, out: str | Path, *, lowering: str = "dense", weigh
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=dynamic, input_names=list(INPUT_NAMES),
-                                    output_names=list(OUTPUT_NAMES), opset_version=opset,
+                                    output_names=list(cfg.outputs), opset_version=opset,
                                     custom_translation_table=translation_table(low, cfg.heads, cfg.head_dim),
                                     report=False, verbose=False)
     proto = program.model_proto
     _finalize(proto, low.name)
     artifact = DeploymentArtifact(frontend=cfg.frontend, labels=cfg.label_names(), lowering=low.name, precision="fp32",
                                   weights_sha256=weights_sha256, dim=cfg.dim, num_heads=cfg.heads,
-                                  head_dim=cfg.head_dim, pack_len=pack_len, max_images=max_images, opset=opset)
+                                  head_dim=cfg.head_dim, pack_len=pack_len, max_images=max_images, opset=opset,
+                                  outputs=cfg.outputs, family=cfg.family)
     set_metadata(proto, artifact)
     onnx.save_model(proto, str(out))
     check_model(out)

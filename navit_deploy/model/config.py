@@ -10,16 +10,36 @@ from typing import Any, Literal
 from navit_deploy.errors import ConfigError
 from navit_deploy.frontend.config import FrontendConfig
 
-PosMode = Literal["learned", "fractional"]
+PosMode = Literal["learned", "fractional", "resized"]
+QKNorm = Literal["none", "layernorm", "l2"]
+QK_NORMS = ("none", "layernorm", "l2")
 
 
 @dataclass(frozen=True)
 class NaViTConfig:
     """Architecture of a NaViT plus the front end it was trained with.
 
-    ``pos_mode="learned"`` indexes the row/column tables with integer patch coordinates (the paper's
-    default); ``"fractional"`` indexes them with coordinates normalized by each image's own grid size,
-    so an image's positions span the whole table whatever its resolution.
+    One model class expresses every family (the builtin model, SigLIP 2, vit-pytorch's NaViT) through these
+    options; the defaults are the builtin model's.
+
+    Positions: ``pos_mode="learned"`` indexes separate row and column tables with integer patch coordinates
+    (the paper's default); ``"fractional"`` indexes them with coordinates normalized by each image's own
+    grid size; ``"resized"`` resizes one learned ``pos_table x pos_table`` table to each image's grid with
+    bilinear, antialiased weights (SigLIP 2). ``pos_grid`` sizes the row/column tables (default
+    ``max_grid`` each).
+
+    Blocks: ``dim_head`` per-head width (default ``dim // heads``); ``mlp_dim`` MLP width (default
+    ``dim * mlp_ratio``); ``gelu`` ``"tanh"`` or ``"exact"``; ``norm_bias`` LayerNorm with a bias;
+    ``qkv_bias`` / ``proj_bias`` biases of the q/k/v and output projections; ``qk_norm`` ``"layernorm"``,
+    ``"l2"`` (``normalize(x) * sqrt(d) * gamma`` per head, vit-pytorch) or ``"none"``; ``attn_scale``
+    (default ``1/sqrt(dim_head)``). Patch stem: ``patch_norm_in`` LayerNorm on the raw patch,
+    ``patch_norm_out`` after the projection.
+
+    Pooling (one learned query per head, masked to each image): ``pool_heads``, ``pool_dim_head``,
+    ``pool_k_norm``, ``pool_scale``, ``pool_mlp`` (a residual MLP after the projection). Head:
+    ``head_norm`` LayerNorm on the pooled vector, ``num_classes`` (0: no classifier, no logits output),
+    ``head_bias``; ``embedding`` is the head-normed vector (``"head_norm"``) or the pooled one (``"pooled"``).
+    ``family`` records where the architecture came from.
     """
 
     dim: int = 192
@@ -28,27 +48,81 @@ class NaViTConfig:
     mlp_ratio: float = 4.0
     num_classes: int = 8
     pos_mode: PosMode = "learned"
-    qk_norm: bool = True
+    qk_norm: QKNorm = "layernorm"
     pool_heads: int = 3
     norm_eps: float = 1e-6
     labels: tuple[str, ...] = ()
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    dim_head: int | None = None
+    mlp_dim: int | None = None
+    gelu: Literal["tanh", "exact"] = "tanh"
+    norm_bias: bool = True
+    qkv_bias: bool = True
+    proj_bias: bool = True
+    attn_scale: float | None = None
+    patch_norm_in: bool = False
+    patch_norm_out: bool = True
+    pos_grid: tuple[int, int] | None = None
+    pos_table: int = 16
+    pool_dim_head: int | None = None
+    pool_k_norm: QKNorm = "none"
+    pool_scale: float | None = None
+    pool_mlp: bool = True
+    head_norm: bool = True
+    head_bias: bool = True
+    embedding: Literal["head_norm", "pooled"] = "head_norm"
+    family: str = "navit"
 
     def __post_init__(self) -> None:
-        if self.dim % self.heads:
-            raise ConfigError(f"dim={self.dim} is not divisible by heads={self.heads}")
-        if self.dim % self.pool_heads:
+        if isinstance(self.qk_norm, bool):  # configs written before qk_norm had kinds
+            object.__setattr__(self, "qk_norm", "layernorm" if self.qk_norm else "none")
+        if self.pos_grid is not None:
+            object.__setattr__(self, "pos_grid", tuple(int(x) for x in self.pos_grid))
+        if self.dim_head is None and self.dim % self.heads:
+            raise ConfigError(f"dim={self.dim} is not divisible by heads={self.heads} (or give dim_head)")
+        if self.pool_dim_head is None and self.dim % self.pool_heads:
             raise ConfigError(f"dim={self.dim} is not divisible by pool_heads={self.pool_heads}")
-        if self.pos_mode not in ("learned", "fractional"):
-            raise ConfigError(f"pos_mode must be 'learned' or 'fractional', got {self.pos_mode!r}")
+        if self.pos_mode not in ("learned", "fractional", "resized"):
+            raise ConfigError(f"pos_mode must be 'learned', 'fractional' or 'resized', got {self.pos_mode!r}")
+        for name in ("qk_norm", "pool_k_norm"):
+            if getattr(self, name) not in QK_NORMS:
+                raise ConfigError(f"{name} must be one of {QK_NORMS}, got {getattr(self, name)!r}")
+        if self.gelu not in ("tanh", "exact"):
+            raise ConfigError(f"gelu must be 'tanh' or 'exact', got {self.gelu!r}")
+        if self.embedding not in ("head_norm", "pooled"):
+            raise ConfigError(f"embedding must be 'head_norm' or 'pooled', got {self.embedding!r}")
+        if self.embedding == "head_norm" and not self.head_norm:
+            raise ConfigError("embedding='head_norm' needs head_norm=True")
         if self.labels and len(self.labels) != self.num_classes:
             raise ConfigError(f"{len(self.labels)} labels given for num_classes={self.num_classes}")
-        if self.depth < 1 or self.num_classes < 1:
-            raise ConfigError("depth and num_classes must be >= 1")
+        if self.depth < 1 or self.num_classes < 0:
+            raise ConfigError("depth must be >= 1 and num_classes >= 0")
+        if self.pos_grid is not None and (len(self.pos_grid) != 2 or min(self.pos_grid) < 1):
+            raise ConfigError(f"pos_grid must be (rows, cols) >= 1, got {self.pos_grid}")
+        if self.pos_table < 1:
+            raise ConfigError(f"pos_table must be >= 1, got {self.pos_table}")
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.heads
+        return self.dim_head if self.dim_head is not None else self.dim // self.heads
+
+    @property
+    def pool_head_dim(self) -> int:
+        return self.pool_dim_head if self.pool_dim_head is not None else self.dim // self.pool_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return self.mlp_dim if self.mlp_dim is not None else int(self.dim * self.mlp_ratio)
+
+    @property
+    def pos_rows_cols(self) -> tuple[int, int]:
+        """Sizes of the row and column tables (``"learned"``/``"fractional"``)."""
+        return self.pos_grid if self.pos_grid is not None else (self.max_grid, self.max_grid)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The model's outputs, in order: the embedding, and logits when it has a classifier."""
+        return ("embeddings", "logits") if self.num_classes else ("embeddings",)
 
     @property
     def patch_dim(self) -> int:
@@ -64,6 +138,7 @@ class NaViTConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["labels"] = list(self.labels)
+        d["pos_grid"] = list(self.pos_grid) if self.pos_grid is not None else None
         d["frontend"] = self.frontend.to_dict()
         return d
 

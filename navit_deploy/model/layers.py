@@ -1,7 +1,8 @@
-"""NaViT building blocks: patch embedding, factorized positional embeddings, blocks, masked pooling.
+"""NaViT building blocks: patch embedding, positional embeddings, blocks, masked pooling.
 
 A leaf module: it imports nothing from the model assembly. Every forward takes flat packed tensors
-and is free of Python loops over images and of ``.item()``, so it exports with dynamic axes.
+and is free of Python loops over images and of ``.item()``, so it exports with dynamic axes. The options of
+:class:`~navit_deploy.model.config.NaViTConfig` choose the variant each model family uses.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from navit_deploy.model.attention import get_attention
+from navit_deploy.model.config import NaViTConfig
 
 
 def segment_onehot(segment_ids: torch.Tensor, num_segments: torch.Tensor | int) -> torch.Tensor:
@@ -26,47 +28,128 @@ def num_segments_of(cu_seqlens: torch.Tensor) -> torch.Tensor | int:
     return cu_seqlens.shape[0] - 1
 
 
-class PatchEmbed(nn.Module):
-    """Linear projection of flattened patches (a ViT's patchifying stem), then LayerNorm.
+def token_grid(coords: torch.Tensor, segment_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """``[T, 2]`` float: the (rows, cols) of the patch grid of each token's image (1 on padding).
 
-    No LayerNorm on the raw patch: it would map every uniform patch (a solid fill, blank paper) to the
-    same vector and erase absolute colour and brightness.
+    Taken from the coordinates (the largest row and column of the image, plus one), so it needs no input
+    beyond the four the model has.
+    """
+    onehot = segment_onehot(segment_ids, num_segments_of(cu_seqlens)).to(torch.float32)  # [T, B]
+    grid = ((coords.to(torch.float32) + 1).unsqueeze(1) * onehot.unsqueeze(2)).amax(dim=0)  # [B, 2]
+    return (onehot.unsqueeze(2) * grid.unsqueeze(0)).sum(dim=1).clamp_min(1.0)
+
+
+def layer_norm(n: int, c: NaViTConfig) -> nn.LayerNorm:
+    return nn.LayerNorm(n, eps=c.norm_eps, bias=c.norm_bias)
+
+
+def gelu(c: NaViTConfig) -> nn.GELU:
+    return nn.GELU(approximate="tanh" if c.gelu == "tanh" else "none")
+
+
+def mlp(c: NaViTConfig) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(c.dim, c.mlp_hidden), gelu(c), nn.Linear(c.mlp_hidden, c.dim))
+
+
+class HeadL2Norm(nn.Module):
+    """Query-key norm of vit-pytorch (ViT-22B): ``normalize(x) * sqrt(d) * gamma``, a gamma per head."""
+
+    def __init__(self, heads: int, dim_head: int) -> None:
+        super().__init__()
+        self.scale = dim_head ** 0.5
+        self.gamma = nn.Parameter(torch.ones(heads, dim_head))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, H, d]
+        return F.normalize(x, dim=-1) * self.scale * self.gamma
+
+
+def qk_norm(kind: str, heads: int, dim_head: int, c: NaViTConfig) -> nn.Module:
+    if kind == "layernorm":
+        return layer_norm(dim_head, c)
+    if kind == "l2":
+        return HeadL2Norm(heads, dim_head)
+    return nn.Identity()
+
+
+class PatchEmbed(nn.Module):
+    """Linear projection of flattened patches (a ViT's patchifying stem), with optional LayerNorms.
+
+    The builtin model norms after the projection only: a LayerNorm on the raw patch would map every uniform
+    patch (a solid fill, blank paper) to the same vector and erase absolute colour and brightness.
+    vit-pytorch norms before and after; SigLIP 2 not at all.
     """
 
-    def __init__(self, patch_dim: int, dim: int, eps: float) -> None:
+    def __init__(self, c: NaViTConfig) -> None:
         super().__init__()
-        self.proj = nn.Linear(patch_dim, dim)
-        self.norm_out = nn.LayerNorm(dim, eps=eps)
+        self.norm_in = layer_norm(c.patch_dim, c) if c.patch_norm_in else nn.Identity()
+        self.proj = nn.Linear(c.patch_dim, c.dim)
+        self.norm_out = layer_norm(c.dim, c) if c.patch_norm_out else nn.Identity()
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return self.norm_out(self.proj(patches))
+        return self.norm_out(self.proj(self.norm_in(patches)))
 
 
 class FactorizedPosEmbed(nn.Module):
-    """Separate learned row and column tables, summed: works at any grid size up to ``max_grid``.
+    """Separate learned row and column tables, summed: works at any grid size up to the tables' sizes.
 
-    ``fractional=True`` maps each image's coordinates to ``floor(coord / grid_size * max_grid)`` so every
+    ``fractional=True`` maps each image's coordinates to ``floor(coord / grid_size * table_size)`` so every
     image spans the table (the paper's fractional-coordinate variant).
     """
 
-    def __init__(self, max_grid: int, dim: int, fractional: bool) -> None:
+    def __init__(self, rows: int, cols: int, dim: int, fractional: bool) -> None:
         super().__init__()
-        self.max_grid = max_grid
+        self.rows, self.cols = rows, cols
         self.fractional = fractional
         # Patch tokens are layer-normed (unit scale): positions start at a comparable scale, not 0.02,
         # or geometry is ~50x weaker than content and takes hundreds of steps to emerge.
-        self.row = nn.Parameter(torch.randn(max_grid, dim) * 0.5)
-        self.col = nn.Parameter(torch.randn(max_grid, dim) * 0.5)
+        self.row = nn.Parameter(torch.randn(rows, dim) * 0.5)
+        self.col = nn.Parameter(torch.randn(cols, dim) * 0.5)
 
     def forward(self, coords: torch.Tensor, segment_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         rows, cols = coords[:, 0], coords[:, 1]
         if self.fractional:
-            onehot = segment_onehot(segment_ids, num_segments_of(cu_seqlens)).to(coords.dtype)  # [T, B]
-            grid = ((coords + 1).unsqueeze(1) * onehot.unsqueeze(2)).amax(dim=0)  # [B, 2] grid (h, w)
-            per_token = (onehot.unsqueeze(2) * grid.unsqueeze(0)).sum(dim=1).clamp_min(1)  # [T, 2]
-            scaled = torch.div(coords * self.max_grid, per_token, rounding_mode="floor").clamp(0, self.max_grid - 1)
-            rows, cols = scaled[:, 0], scaled[:, 1]
+            per_token = token_grid(coords, segment_ids, cu_seqlens).to(coords.dtype)  # [T, 2]
+            size = torch.tensor([self.rows, self.cols], dtype=coords.dtype, device=coords.device)
+            scaled = torch.div(coords * size, per_token, rounding_mode="floor")
+            rows, cols = scaled[:, 0].clamp(0, self.rows - 1), scaled[:, 1].clamp(0, self.cols - 1)
         return F.embedding(rows, self.row) + F.embedding(cols, self.col)
+
+
+class ResizedPosEmbed(nn.Module):
+    """One learned ``side x side`` table resized to each image's grid (SigLIP 2 NaFlex).
+
+    The weights are those of ``F.interpolate(mode="bilinear", align_corners=False, antialias=True)``,
+    computed per token as transformers computes them: separable and linear in the table, so each token's
+    embedding is its row weights times its column weights times the table (one ``[T, side*side]`` matmul,
+    exportable with standard ops). Without the antialias (a downscaled grid averages more than two rows),
+    pooled outputs move by up to ~0.2.
+    """
+
+    def __init__(self, side: int, dim: int) -> None:
+        super().__init__()
+        self.side = side
+        self.table = nn.Parameter(torch.randn(side * side, dim) * 0.02)
+
+    def weights(self, coords: torch.Tensor, segment_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """``[T, side*side]``: each token's weights over the table, row-major."""
+        size = token_grid(coords, segment_ids, cu_seqlens)  # [T, 2] (rows, cols)
+        scale = self.side / size
+        support = scale.clamp(min=1.0)
+        center = (coords.to(torch.float32) + 0.5) * scale - 0.5
+        source = torch.arange(self.side, device=coords.device, dtype=torch.float32)
+        w = (1 - (source - center.unsqueeze(-1)).abs() / support.unsqueeze(-1)).clamp(min=0.0)  # [T, 2, side]
+        w = w / w.sum(-1, keepdim=True)
+        return (w[:, 0, :, None] * w[:, 1, None, :]).flatten(1)
+
+    def forward(self, coords: torch.Tensor, segment_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        return self.weights(coords, segment_ids, cu_seqlens) @ self.table
+
+
+def positional_embedding(c: NaViTConfig) -> nn.Module:
+    if c.pos_mode == "resized":
+        return ResizedPosEmbed(c.pos_table, c.dim)
+    rows, cols = c.pos_rows_cols
+    return FactorizedPosEmbed(rows, cols, c.dim, fractional=c.pos_mode == "fractional")
 
 
 class Attention(nn.Module):
@@ -75,15 +158,15 @@ class Attention(nn.Module):
     The implementation is looked up by name in :mod:`navit_deploy.model.attention`; set ``impl``.
     """
 
-    def __init__(self, dim: int, heads: int, qk_norm: bool, eps: float) -> None:
+    def __init__(self, c: NaViTConfig) -> None:
         super().__init__()
-        self.heads = heads
-        self.head_dim = dim // heads
-        self.scale = 1.0 / math.sqrt(self.head_dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = nn.LayerNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(self.head_dim, eps=eps) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim)
+        self.heads, self.head_dim = c.heads, c.head_dim
+        inner = self.heads * self.head_dim
+        self.scale = c.attn_scale if c.attn_scale is not None else 1.0 / math.sqrt(self.head_dim)
+        self.qkv = nn.Linear(c.dim, 3 * inner, bias=c.qkv_bias)
+        self.q_norm = qk_norm(c.qk_norm, self.heads, self.head_dim, c)
+        self.k_norm = qk_norm(c.qk_norm, self.heads, self.head_dim, c)
+        self.proj = nn.Linear(inner, c.dim, bias=c.proj_bias)
         self.impl = "dense"
 
     def forward(self, x: torch.Tensor, segment_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -97,13 +180,12 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool, eps: float) -> None:
+    def __init__(self, c: NaViTConfig) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, heads, qk_norm, eps)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.norm1 = layer_norm(c.dim, c)
+        self.attn = Attention(c)
+        self.norm2 = layer_norm(c.dim, c)
+        self.mlp = mlp(c)
 
     def forward(self, x: torch.Tensor, segment_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), segment_ids, cu_seqlens)
@@ -111,27 +193,34 @@ class Block(nn.Module):
 
 
 class MaskedAttentionPool(nn.Module):
-    """Multi-head attention pooling with a learned query, masked to each image: ``[T, D] -> [B, D]``."""
+    """Multi-head attention pooling with a learned query, masked to each image: ``[T, D] -> [B, D]``.
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, eps: float) -> None:
+    The query is the already projected (and, with a k norm, normalized) probe of a MAP head: SigLIP 2's
+    ``probe @ W_q + b_q`` and vit-pytorch's normalized query are constants, folded in at import.
+    """
+
+    def __init__(self, c: NaViTConfig) -> None:
         super().__init__()
-        self.heads = heads
-        self.head_dim = dim // heads
-        self.query = nn.Parameter(torch.randn(heads, self.head_dim) * 0.02)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.heads, self.head_dim = c.pool_heads, c.pool_head_dim
+        inner = self.heads * self.head_dim
+        self.scale = c.pool_scale if c.pool_scale is not None else 1.0 / math.sqrt(self.head_dim)
+        self.query = nn.Parameter(torch.randn(self.heads, self.head_dim) * 0.02)
+        self.kv = nn.Linear(c.dim, 2 * inner, bias=c.qkv_bias)
+        self.k_norm = qk_norm(c.pool_k_norm, self.heads, self.head_dim, c)
+        self.proj = nn.Linear(inner, c.dim)
+        self.use_mlp = c.pool_mlp
+        if c.pool_mlp:
+            self.norm = layer_norm(c.dim, c)
+            self.mlp = mlp(c)
 
     def forward(self, x: torch.Tensor, segment_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         t = x.shape[0]
         k, v = self.kv(x).reshape(t, 2, self.heads, self.head_dim).unbind(1)  # [T, H, d]
-        scores = (k * self.query.unsqueeze(0)).sum(-1) / math.sqrt(self.head_dim)  # [T, H]
+        scores = (self.k_norm(k) * self.query.unsqueeze(0)).sum(-1) * self.scale  # [T, H]
         member = segment_onehot(segment_ids, num_segments_of(cu_seqlens)).transpose(0, 1)  # [B, T]
         neg = torch.finfo(scores.dtype).min
         logits = scores.unsqueeze(0).masked_fill(~member.unsqueeze(2), neg)  # [B, T, H]
         weights = torch.softmax(logits, dim=1) * member.unsqueeze(2).to(scores.dtype)
         pooled = torch.einsum("bth,thd->bhd", weights, v).reshape(-1, self.heads * self.head_dim)
         pooled = self.proj(pooled)
-        return pooled + self.mlp(self.norm(pooled))
+        return pooled + self.mlp(self.norm(pooled)) if self.use_mlp else pooled

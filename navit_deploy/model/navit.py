@@ -7,28 +7,29 @@ import torch.nn as nn
 
 from navit_deploy.model.attention import get_attention
 from navit_deploy.model.config import NaViTConfig
-from navit_deploy.model.layers import Block, FactorizedPosEmbed, MaskedAttentionPool, PatchEmbed
+from navit_deploy.model.layers import Block, MaskedAttentionPool, PatchEmbed, layer_norm, positional_embedding
 
 
 class NaViT(nn.Module):
     """Patch n' Pack Vision Transformer.
 
     ``forward(patches [T, C*p*p], coords [T, 2], segment_ids [T], cu_seqlens [B+1])`` returns
-    ``(embeddings [B, dim], logits [B, num_classes])``, one row per image in pack order. Padding
-    tokens (segment id ``-1``) influence nothing.
+    ``(embeddings [B, dim], logits [B, num_classes])``, one row per image in pack order, or
+    ``(embeddings,)`` for a model without a classifier (``num_classes=0``, e.g. SigLIP 2). Padding tokens
+    (segment id ``-1``) influence nothing.
     """
 
     def __init__(self, config: NaViTConfig) -> None:
         super().__init__()
         self.config = config
         c = config
-        self.patch_embed = PatchEmbed(c.patch_dim, c.dim, c.norm_eps)
-        self.pos_embed = FactorizedPosEmbed(c.max_grid, c.dim, fractional=c.pos_mode == "fractional")
-        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio, c.qk_norm, c.norm_eps) for _ in range(c.depth))
-        self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
-        self.pool = MaskedAttentionPool(c.dim, c.pool_heads, c.mlp_ratio, c.norm_eps)
-        self.head_norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
-        self.head = nn.Linear(c.dim, c.num_classes)
+        self.patch_embed = PatchEmbed(c)
+        self.pos_embed = positional_embedding(c)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
+        self.norm = layer_norm(c.dim, c)
+        self.pool = MaskedAttentionPool(c)
+        self.head_norm = layer_norm(c.dim, c) if c.head_norm else nn.Identity()
+        self.head = nn.Linear(c.dim, c.num_classes, bias=c.head_bias) if c.num_classes else None
         self.apply(_init_weights)
 
     @property
@@ -43,13 +44,16 @@ class NaViT(nn.Module):
         return self
 
     def forward(self, patches: torch.Tensor, coords: torch.Tensor, segment_ids: torch.Tensor,
-                cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.patch_embed(patches) + self.pos_embed(coords, segment_ids, cu_seqlens)
         for block in self.blocks:
             x = block(x, segment_ids, cu_seqlens)
         pooled = self.pool(self.norm(x), segment_ids, cu_seqlens)
-        embeddings = self.head_norm(pooled)
-        return embeddings, self.head(embeddings)
+        normed = self.head_norm(pooled)
+        embeddings = normed if self.config.embedding == "head_norm" else pooled
+        if self.head is None:
+            return (embeddings,)
+        return embeddings, self.head(normed)
 
 
 def _init_weights(m: nn.Module) -> None:

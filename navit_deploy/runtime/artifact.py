@@ -37,12 +37,19 @@ class DeploymentArtifact:
     opset: int = 18
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ("embeddings", "logits")  # ("embeddings",): no classifier
+    family: str = "navit"  # the architecture family the model was imported from
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["frontend"] = self.frontend.to_dict()
         d["labels"] = list(self.labels)
+        d["outputs"] = list(self.outputs)
         return d
+
+    @property
+    def has_logits(self) -> bool:
+        return "logits" in self.outputs
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DeploymentArtifact":
@@ -53,6 +60,8 @@ class DeploymentArtifact:
                                             "re-export the model with this version of navit-deploy")
             kw["frontend"] = FrontendConfig.from_dict(kw["frontend"])
             kw["labels"] = tuple(kw["labels"])
+            if "outputs" in kw:
+                kw["outputs"] = tuple(kw["outputs"])
             return cls(**kw)
         except (KeyError, TypeError) as exc:
             raise ArtifactMismatchError(f"not a navit-deploy artifact description ({exc})") from exc
@@ -82,6 +91,8 @@ def check_io_shapes(artifact: DeploymentArtifact, inputs: dict[str, list[Any]], 
     want = {"patches": (inputs, artifact.frontend.patch_dim, "patch width (C*p*p)"),
             "coords": (inputs, 2, "coordinate width"),
             "embeddings": (outputs, artifact.dim, "embedding width")}
+    if artifact.has_logits:
+        want["logits"] = (outputs, len(artifact.labels) or None, "number of classes")
     problems = []
     for name, (shapes, size, what) in want.items():
         shape = shapes.get(name)

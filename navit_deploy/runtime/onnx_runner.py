@@ -16,7 +16,7 @@ import numpy as np
 
 from navit_deploy.errors import ArtifactMismatchError, BackendUnavailableError
 from navit_deploy.runtime.artifact import DeploymentArtifact, check_io_shapes, read_artifact, sha256_file
-from navit_deploy.runtime.runner import INPUT_NAMES, OUTPUT_NAMES, PackLimits, Runner, RunnerOutput
+from navit_deploy.runtime.runner import INPUT_NAMES, PackLimits, Runner, RunnerOutput
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 CUSTOM_DOMAINS = {"trt-plugin": "navit", "trt-native": "trt", "ort-packed": "com.microsoft"}
@@ -168,7 +168,7 @@ class OnnxRunner(Runner):
             raise ArtifactMismatchError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from exc
         names = [i.name for i in self.session.get_inputs()]
         outs = [o.name for o in self.session.get_outputs()]
-        if names != list(INPUT_NAMES) or outs != list(OUTPUT_NAMES):
+        if names != list(INPUT_NAMES) or outs != list(self.artifact.outputs):
             self.session = None
             raise ArtifactMismatchError(f"{self.path} is not a NaViT export: inputs {names}, outputs {outs}")
         problems = check_io_shapes(self.artifact, {i.name: i.shape for i in self.session.get_inputs()},
@@ -185,11 +185,13 @@ class OnnxRunner(Runner):
             raise InputValidationError(f"patch coordinate {int(feed['coords'].max())} is outside the model's "
                                        f"{self.max_grid}x{self.max_grid} positional table; lower the budget")
         assert self.session is not None
-        emb, logits = self.session.run(list(OUTPUT_NAMES), {k: feed[k] for k in INPUT_NAMES})
+        outs = self.session.run(list(self.artifact.outputs), {k: feed[k] for k in INPUT_NAMES})
+        emb = outs[0]
         if emb.ndim != 2 or emb.shape[1] != self.artifact.dim:
             raise ArtifactMismatchError(f"{self.path} returned embeddings of shape {list(emb.shape)}, but its artifact "
                                         f"says [images, {self.artifact.dim}]; re-export the model")
-        return RunnerOutput(np.asarray(emb, dtype=np.float32), np.asarray(logits, dtype=np.float32))
+        logits = np.asarray(outs[1], dtype=np.float32) if len(outs) > 1 else None
+        return RunnerOutput(np.asarray(emb, dtype=np.float32), logits)
 
     def _deactivate(self) -> None:
         self.session = None

@@ -308,7 +308,8 @@ class Pipeline:
         results = []
         for row, idx in enumerate(pack.image_index.tolist()):
             p = prepared[idx]
-            results.append(ImageResult(idx, names[idx], embedding=out.embeddings[row], logits=out.logits[row],
+            logits = out.logits[row] if out.logits is not None else None
+            results.append(ImageResult(idx, names[idx], embedding=out.embeddings[row], logits=logits,
                                        tokens=p.num_tokens, grid=p.grid, resized_size=p.resized_size,
                                        original_size=p.original_size))
         return results

@@ -53,8 +53,9 @@ class ImageResult:
             d["error_type"] = self.error_type
             return d
         assert self.embedding is not None
+        if self.logits is not None:
+            d["top_k"] = [{"label": lab, "score": round(s, 6)} for lab, s in self.topk(labels, k)]
         d.update({
-            "top_k": [{"label": lab, "score": round(s, 6)} for lab, s in self.topk(labels, k)],
             "embedding_norm": float(np.linalg.norm(self.embedding)),
             "tokens": self.tokens,
             "grid": list(self.grid) if self.grid else None,

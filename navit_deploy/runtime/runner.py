@@ -16,16 +16,17 @@ from navit_deploy.errors import InputValidationError
 from navit_deploy.packing import PackedBatch
 
 INPUT_NAMES = ("patches", "coords", "segment_ids", "cu_seqlens")
-OUTPUT_NAMES = ("embeddings", "logits")
+OUTPUT_NAMES = ("embeddings", "logits")  # a model without a classifier has the first one only
 INPUT_DTYPES = {"patches": np.float32, "coords": np.int64, "segment_ids": np.int64, "cu_seqlens": np.int32}
 
 
 @dataclass(frozen=True)
 class RunnerOutput:
-    """Per-image outputs of one pack, in pack order: ``embeddings [B, D]``, ``logits [B, C]`` (float32)."""
+    """Per-image outputs of one pack, in pack order: ``embeddings [B, D]`` and, for a model with a classifier,
+    ``logits [B, C]`` (float32; None otherwise)."""
 
     embeddings: np.ndarray
-    logits: np.ndarray
+    logits: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class Runner(ABC):
         validate_inputs(feed, self.patch_dim, self.limits)
         out = self._infer(feed)
         b = feed["cu_seqlens"].shape[0] - 1
-        if out.embeddings.shape[0] != b or out.logits.shape[0] != b:
+        if out.embeddings.shape[0] != b or (out.logits is not None and out.logits.shape[0] != b):
             raise InputValidationError(f"{self.name} returned {out.embeddings.shape[0]} rows for {b} images")
         return out
 

@@ -33,5 +33,6 @@ class TorchRunner(Runner):
         with torch.inference_mode():
             args = [torch.from_numpy(np.ascontiguousarray(feed[n])).to(self.device)
                     for n in ("patches", "coords", "segment_ids", "cu_seqlens")]
-            emb, logits = self.model(*args)
-        return RunnerOutput(emb.float().cpu().numpy(), logits.float().cpu().numpy())
+            outs = self.model(*args)
+        logits = outs[1].float().cpu().numpy() if len(outs) > 1 else None
+        return RunnerOutput(outs[0].float().cpu().numpy(), logits)
