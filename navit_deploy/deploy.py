@@ -21,11 +21,11 @@ def deploy(model: str, out: Path, images: str | None = None, quick: bool = False
     from navit_deploy.bench.suite import bench_summary
     from navit_deploy.commands.deploy_cmds import parity_images, run_parity
     from navit_deploy.export.onnx_export import export_onnx
-    from navit_deploy.model.weights import WEIGHTS_FILE, load_model, resolve_model_dir, weights_hash
+    from navit_deploy.model.weights import load_model, model_digest
 
     out.mkdir(parents=True, exist_ok=True)
     net = load_model(model)
-    digest = weights_hash(resolve_model_dir(model) / WEIGHTS_FILE)
+    digest = model_digest(model)
     report: dict[str, Any] = {"model": str(model), "weights_sha256": digest, "machine": platform.platform(),
                               "processor": platform.processor() or platform.machine(), "exports": [], "parity": []}
     parity_set = parity_images(images)

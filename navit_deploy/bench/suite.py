@@ -87,23 +87,22 @@ class BenchConfig:
 
 
 def _model_config(model: str):
-    from navit_deploy.model.config import NaViTConfig
-    from navit_deploy.model.weights import CONFIG_FILE, resolve_model_dir
+    from navit_deploy.model.weights import model_config
 
-    return NaViTConfig.load(resolve_model_dir(model) / CONFIG_FILE)
+    return model_config(model)
 
 
 def _ensure_onnx(cfg: BenchConfig, workdir: Path, log: Callable[[str], None]) -> Path:
     if cfg.onnx is not None:
         return Path(cfg.onnx)
     from navit_deploy.export.onnx_export import export_onnx
-    from navit_deploy.model.weights import WEIGHTS_FILE, load_model, resolve_model_dir, weights_hash
+    from navit_deploy.model.weights import load_model, model_digest
 
     out = workdir / "navit.dense.onnx"
     if not out.exists():
         log(f"exporting {cfg.model} (dense lowering) -> {out}")
         export_onnx(load_model(cfg.model), out, lowering="dense",
-                    weights_sha256=weights_hash(resolve_model_dir(cfg.model) / WEIGHTS_FILE))
+                    weights_sha256=model_digest(cfg.model))
     return out
 
 

@@ -51,10 +51,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from navit_deploy.export.onnx_export import export_onnx
-    from navit_deploy.model.weights import WEIGHTS_FILE, load_model, resolve_model_dir, weights_hash
+    from navit_deploy.model.weights import load_model, model_digest
 
     model = load_model(args.model)
-    digest = weights_hash(resolve_model_dir(args.model) / WEIGHTS_FILE)
+    digest = model_digest(args.model)
     res = export_onnx(model, args.out, lowering=args.attention, weights_sha256=digest, pack_len=args.pack_len,
                       max_images=args.max_images, opset=args.opset)
     print(f"exported {args.model} -> {res.path} ({args.attention}, {res.path.stat().st_size / 1e6:.1f} MB, "
@@ -77,13 +77,13 @@ def run_parity(model: str, artifact_path: str, images: list, provider: str = "cp
                reference_ops: bool = False):
     """Reference (PyTorch) vs candidate on ``images``; returns a :class:`ParityReport`."""
     from navit_deploy.errors import ArtifactMismatchError
-    from navit_deploy.model.weights import WEIGHTS_FILE, resolve_model_dir, weights_hash
+    from navit_deploy.model.weights import model_digest
     from navit_deploy.parity import compare
     from navit_deploy.runtime.open import open_runner, pipeline_for
     from navit_deploy.runtime.torch_runner import TorchRunner
 
     candidate, artifact = open_runner(artifact_path, provider=provider, reference_ops=reference_ops)
-    digest = weights_hash(resolve_model_dir(model) / WEIGHTS_FILE)
+    digest = model_digest(model)
     if artifact.weights_sha256 and artifact.weights_sha256 != digest:
         raise ArtifactMismatchError(f"{artifact_path} was exported from other weights than {model} "
                                     f"({artifact.weights_sha256[:12]} vs {digest[:12]}); re-export or pick the right model")
@@ -116,7 +116,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             if "error" in e:
                 print(f"{e['path']}: ERROR {e['error_type']}: {e['error']}", file=sys.stderr)
                 continue
-            top = ", ".join(f"{t['label']} {t['score']:.3f}" for t in e["top_k"])
+            top = ", ".join(f"{t['label']} {t['score']:.3f}" for t in e.get("top_k", [])) or "embedding"
             print(f"{e['path']}: {top} | |emb| {e['embedding_norm']:.2f} | {e['tokens']} tokens, "
                   f"resized {e['resized_size'][0]}x{e['resized_size'][1]}")
     return 1 if any("error" in e for e in entries) else 0

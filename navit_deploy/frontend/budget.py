@@ -82,6 +82,31 @@ def pixel_range_size(width: int, height: int, cfg: FrontendConfig) -> tuple[int,
     return w_bar, h_bar
 
 
+def naflex_size(width: int, height: int, cfg: FrontendConfig, eps: float = 1e-5) -> tuple[int, int]:
+    """Target (width, height) by ``Siglip2ImageProcessor``'s ``get_image_size_for_max_num_patches``, with the
+    same arithmetic (so sizes match it exactly): the largest scale in ``[eps/10, 100]`` found by bisection
+    to ``eps`` whose sides, each rounded up to whole patches (at least one), give at most ``max_patches``
+    patches. ``upscale=False`` keeps images at most their native size (rounded up to whole patches)."""
+    p = cfg.patch_size
+
+    def side(scale: float, size: int) -> int:
+        return int(max(p, math.ceil(size * scale / p) * p))
+
+    def fits(scale: float) -> bool:
+        return (side(scale, height) / p) * (side(scale, width) / p) <= cfg.max_patches
+
+    if not cfg.upscale and fits(1.0):
+        return side(1.0, width), side(1.0, height)
+    lo, hi = eps / 10, (100.0 if cfg.upscale else 1.0)
+    while (hi - lo) >= eps:
+        mid = (lo + hi) / 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return side(lo, width), side(lo, height)
+
+
 def target_size(width: int, height: int, cfg: FrontendConfig) -> tuple[int, int]:
     """Target (width, height) in pixels, multiples of the patch size, for an image of the given size."""
     if width <= 0 or height <= 0:
@@ -91,5 +116,7 @@ def target_size(width: int, height: int, cfg: FrontendConfig) -> tuple[int, int]
         return side, side
     if cfg.budget == "pixels":
         return pixel_range_size(width, height, cfg)
+    if cfg.budget == "naflex":
+        return naflex_size(width, height, cfg)
     gw, gh = max_patches_grid(width, height, cfg)
     return gw * cfg.patch_size, gh * cfg.patch_size

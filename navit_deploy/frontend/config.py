@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from navit_deploy.errors import ConfigError
 
-BudgetKind = Literal["max_patches", "pixels"]
+BudgetKind = Literal["max_patches", "pixels", "naflex"]
+BUDGETS = ("max_patches", "pixels", "naflex")
 
 
 @dataclass(frozen=True)
@@ -21,8 +22,21 @@ class FrontendConfig:
       * ``budget="pixels"`` (Qwen2-VL ``smart_resize``): keep the pixel count within
         ``[min_pixels, max_pixels]``, sides rounded to multiples of the patch size.
 
+      * ``budget="naflex"``: ``Siglip2ImageProcessor``'s rule, reproduced exactly: a binary search on the
+        scale, each side rounded *up* to whole patches, at least one patch, no per-side cap and no refusal
+        of extreme aspect ratios, small images enlarged (``upscale=False`` caps the scale at 1, for
+        workloads that keep native token counts).
+
     ``square_grid > 0`` switches to the classic ViT front end: every image is resized (distorted) to
     ``square_grid x square_grid`` patches. It exists for baselines and comparisons.
+
+    Pixels: ``resample`` (PIL filter) with ``reducing_gap`` (Pillow's two-step downscale; None for the
+    exact filter), values times ``rescale`` then standardized with ``mean``/``std``. ``jpeg_draft``: decode
+    large JPEGs at a reduced DCT scale (faster, but other pixels than a full decode). ``to_rgb``:
+    ``"composite"`` puts alpha on white and maps 16-bit scans by their type's range (the project's
+    front end); ``"convert"`` is plain ``PIL.Image.convert("RGB")`` after the EXIF transpose, as
+    ``transformers.image_utils.load_image`` does (alpha dropped), so imported models see their
+    reference pixels. Numpy frames follow the same rule.
     """
 
     patch_size: int = 16
@@ -38,13 +52,23 @@ class FrontendConfig:
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     max_image_pixels: int = 89_478_485
     resample: Literal["bilinear", "bicubic"] = "bicubic"
+    rescale: float = 1.0 / 255.0
+    reducing_gap: float | None = 3.0
+    jpeg_draft: bool = True
+    to_rgb: Literal["composite", "convert"] = "composite"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.patch_size <= 0 or self.channels not in (1, 3):
             raise ConfigError(f"invalid patch_size={self.patch_size} or channels={self.channels}")
-        if self.budget not in ("max_patches", "pixels"):
-            raise ConfigError(f"budget must be 'max_patches' or 'pixels', got {self.budget!r}")
+        if self.budget not in BUDGETS:
+            raise ConfigError(f"budget must be one of {BUDGETS}, got {self.budget!r}")
+        if self.resample not in ("bilinear", "bicubic"):
+            raise ConfigError(f"resample must be 'bilinear' or 'bicubic', got {self.resample!r}")
+        if self.to_rgb not in ("composite", "convert"):
+            raise ConfigError(f"to_rgb must be 'composite' or 'convert', got {self.to_rgb!r}")
+        if not self.rescale > 0 or (self.reducing_gap is not None and self.reducing_gap < 1):
+            raise ConfigError(f"need rescale > 0 and reducing_gap None or >= 1, got {self.rescale}, {self.reducing_gap}")
         if self.max_patches < 1:
             raise ConfigError(f"max_patches must be >= 1, got {self.max_patches}")
         if not (0 < self.min_pixels <= self.max_pixels):
@@ -66,7 +90,7 @@ class FrontendConfig:
         """Upper bound on the patches one image can produce under this budget."""
         if self.square_grid:
             return self.square_grid * self.square_grid
-        if self.budget == "max_patches":
+        if self.budget in ("max_patches", "naflex"):
             return self.max_patches
         return self.max_pixels // (self.patch_size * self.patch_size)
 

@@ -71,9 +71,26 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
         raise ImageDecodeError(f"{name}: cannot convert image mode {mode!r} to RGB ({exc})") from exc
 
 
-def _from_array(arr: np.ndarray, channel_order: ChannelOrder, name: str) -> Image.Image:
+def _convert(img: Image.Image, name: str) -> Image.Image:
+    """``PIL.Image.convert("RGB")``, as ``transformers.image_utils.load_image`` does (alpha is dropped)."""
+    if img.mode == "RGB":
+        return img
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageDecodeError(f"{name}: cannot convert image mode {img.mode!r} to RGB ({exc})") from exc
+
+
+ToRGB = Literal["composite", "convert"]
+
+
+def _rgb(img: Image.Image, name: str, to_rgb: ToRGB) -> Image.Image:
+    return _to_rgb(img, name) if to_rgb == "composite" else _convert(img, name)
+
+
+def _from_array(arr: np.ndarray, channel_order: ChannelOrder, name: str, to_rgb: ToRGB = "composite") -> Image.Image:
     """A numpy frame as an RGB image: HxW and HxWx1 grey, HxWx3 in ``channel_order``, HxWx4 with alpha in
-    ``channel_order`` + A, composited on white exactly as an RGBA PIL image is (see :func:`_to_rgb`)."""
+    ``channel_order`` + A, turned into RGB by the same rule as an RGBA PIL image (``to_rgb``)."""
     if arr.dtype != np.uint8:
         raise ImageDecodeError(f"{name}: numpy frames must be uint8 (HWC or HW), got dtype {arr.dtype}")
     if arr.ndim == 2:
@@ -87,7 +104,7 @@ def _from_array(arr: np.ndarray, channel_order: ChannelOrder, name: str) -> Imag
     if channel_order == "BGR":
         arr = arr[:, :, [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[:, :, ::-1]
     if arr.shape[2] == 4:
-        return _to_rgb(Image.fromarray(np.ascontiguousarray(arr), mode="RGBA"), name)
+        return _rgb(Image.fromarray(np.ascontiguousarray(arr), mode="RGBA"), name, to_rgb)
     return Image.fromarray(np.ascontiguousarray(arr), mode="RGB")
 
 
@@ -97,6 +114,7 @@ def load_image(
     channel_order: ChannelOrder = "RGB",
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     draft_to: Callable[[int, int], tuple[int, int]] | None = None,
+    to_rgb: ToRGB = "composite",
 ) -> Image.Image:
     """Decode ``src`` into an RGB PIL image with EXIF orientation applied.
 
@@ -110,6 +128,9 @@ def load_image(
     ``draft_to(width, height) -> (tw, th)`` gives the size the caller will resize to (in display
     orientation). JPEGs are then decoded directly at the smallest DCT scale (1/2, 1/4, 1/8) that still
     leaves at least twice that size, which cuts decoding time for large photos and scans several-fold.
+
+    ``to_rgb``: ``"composite"`` (alpha on white, 16-bit by its type's range) or ``"convert"`` (plain
+    ``convert("RGB")``, as transformers' ``load_image``); both for files and numpy frames.
     """
     name = describe_source(src)
     if isinstance(src, (bytearray, memoryview)):
@@ -118,7 +139,7 @@ def load_image(
         raise UnsupportedInputError(f"{name}: not an image input; pass a file path, encoded image bytes, a PIL "
                                     "image or a numpy uint8 frame (HxW, HxWx3 or HxWx4)")
     if isinstance(src, np.ndarray):
-        img = _from_array(src, channel_order, name)
+        img = _from_array(src, channel_order, name, to_rgb)
         _check_pixels(img.size, max_image_pixels, name)
         return img
     if isinstance(src, Image.Image):
@@ -142,7 +163,7 @@ def load_image(
         raise ImageDecodeError(f"{name}: corrupt or truncated image data ({exc})") from exc
     if img.size[0] == 0 or img.size[1] == 0:
         raise ImageDecodeError(f"{name}: image has zero size {img.size}")
-    return _to_rgb(img, name)
+    return _rgb(img, name, to_rgb)
 
 
 def _open(src: Union[str, os.PathLike, bytes], name: str, max_image_pixels: int) -> Image.Image:

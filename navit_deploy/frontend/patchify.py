@@ -55,8 +55,9 @@ def resize_to(img: Image.Image, size: tuple[int, int], cfg: FrontendConfig) -> I
     """Resize with antialiasing; a no-op when the size already matches."""
     if img.size == size:
         return img
-    # reducing_gap makes large downscales fast (JPEG draft-style box reduction first) at no visible cost.
-    return img.resize(size, _RESAMPLE[cfg.resample], reducing_gap=3.0)
+    # reducing_gap makes large downscales fast (a box reduction first) at no visible cost; None is the exact
+    # filter, which imported models' processors use.
+    return img.resize(size, _RESAMPLE[cfg.resample], reducing_gap=cfg.reducing_gap)
 
 
 def to_pixels(img: Image.Image, cfg: FrontendConfig) -> np.ndarray:
@@ -69,14 +70,15 @@ def to_pixels(img: Image.Image, cfg: FrontendConfig) -> np.ndarray:
 
 
 def normalize_patches(patches: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
-    """uint8 patches ``[n, C*p*p]`` -> float32 scaled to [0, 1] then standardized with the config's mean/std.
+    """uint8 patches ``[n, C*p*p]`` -> float32 times ``rescale`` (1/255: [0, 1]) then standardized with the
+    config's mean/std.
 
     Done on the patch matrix (one cast and two in-place passes with per-column constants) rather than on
-    the image: the same arithmetic as ``(x / 255 - mean) / std``, without the float temporaries of the
-    whole image.
+    the image: the same arithmetic as ``(x * rescale - mean) / std`` (within 1 ulp), without the float
+    temporaries of the whole image.
     """
     pp = cfg.patch_size * cfg.patch_size
-    scale = np.repeat(1.0 / (np.asarray(cfg.std, dtype=np.float32) * 255.0), pp).astype(np.float32)
+    scale = np.repeat(cfg.rescale / np.asarray(cfg.std, dtype=np.float64), pp).astype(np.float32)
     shift = np.repeat(np.asarray(cfg.mean, dtype=np.float32) / np.asarray(cfg.std, dtype=np.float32), pp)
     out = patches.astype(np.float32)
     out *= scale
@@ -102,5 +104,5 @@ def prepare_pil(img: Image.Image, cfg: FrontendConfig) -> PreparedImage:
 def prepare_image(src: ImageSource, cfg: FrontendConfig, *, channel_order: ChannelOrder = "RGB") -> PreparedImage:
     """Load (EXIF-aware, any mode to RGB), resize to the budget at native aspect, normalize, patchify."""
     img = load_image(src, channel_order=channel_order, max_image_pixels=cfg.max_image_pixels,
-                     draft_to=lambda w, h: target_size(w, h, cfg))
+                     draft_to=(lambda w, h: target_size(w, h, cfg)) if cfg.jpeg_draft else None, to_rgb=cfg.to_rgb)
     return prepare_pil(img, cfg)
