@@ -1,52 +1,73 @@
-"""``navit deploy``: export every lowering, prove parity, profile latency, and write a readable report."""
+"""``navit deploy``: export every lowering, prove parity, quantize, profile latency, and write a readable report.
+
+Works on every model source: the builtin model, a project model directory, and imported checkpoints (SigLIP 2,
+vit-pytorch NaViT), whose parity is checked against their source library when it is installed.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 from pathlib import Path
 from typing import Any
 
+from navit_deploy.errors import ConfigError
 from navit_deploy.export.lowerings import LOWERINGS
 from navit_deploy.parity import THRESHOLDS
 from navit_deploy.runtime.onnx_runner import native_providers
 
-
-PARITY_KEYS = ("images", "max_abs_embedding_max", "max_abs_logit_max", "cosine_min", "top1_agreement",
-               "near_tie_flips")
+PARITY_KEYS = ("images", "max_abs_embedding_max", "max_abs_logit_max", "cosine_min", "cosine_mean", "top1_agreement",
+               "near_tie_flips", "has_logits")
+QUANT_MIN_MEAN_COSINE = 0.99  # embedding models (no labels): quantized vs FP32
 
 
 def deploy(model: str, out: Path, images: str | None = None, quick: bool = False) -> dict[str, Any]:
     """Run the whole job and write ``out/report.md`` and ``out/report.json``. Returns the JSON report."""
     from navit_deploy.bench.suite import bench_summary
-    from navit_deploy.commands.deploy_cmds import parity_images, run_parity
     from navit_deploy.export.onnx_export import export_onnx
-    from navit_deploy.model.weights import load_model, model_digest
+    from navit_deploy.model.weights import load_model, model_digest, model_source
+    from navit_deploy.parity_run import parity_images, run_parity
 
     out.mkdir(parents=True, exist_ok=True)
+    src = model_source(model)
     net = load_model(model)
     digest = model_digest(model)
-    report: dict[str, Any] = {"model": str(model), "weights_sha256": digest, "machine": platform.platform(),
+    cfg = net.config
+    report: dict[str, Any] = {"model": str(model), "family": cfg.family, "source": src.family,
+                              "architecture": {"dim": cfg.dim, "depth": cfg.depth, "heads": cfg.heads,
+                                               "head_dim": cfg.head_dim, "outputs": list(cfg.outputs)},
+                              "weights_sha256": digest, "machine": platform.platform(),
                               "processor": platform.processor() or platform.machine(), "exports": [], "parity": []}
-    parity_set = parity_images(images)
+    parity_set = parity_images(images, cache=out / "parity_images")
     for name, low in LOWERINGS.items():
-        res = export_onnx(net, out / f"navit.{name}.onnx", lowering=name, weights_sha256=digest)
+        try:
+            res = export_onnx(net, out / f"navit.{name}.onnx", lowering=name, weights_sha256=digest)
+        except ConfigError as exc:  # e.g. the plugin's head dims: say so, export the others
+            report["exports"].append({"lowering": name, "skipped": str(exc), "runs_on": low.tensorrt})
+            continue
         report["exports"].append({"lowering": name, "file": res.path.name, "mb": round(res.path.stat().st_size / 1e6, 2),
                                   "export_s": round(res.seconds, 1), "runs_on": low.tensorrt,
                                   "ort_providers": list(native_providers(name))})
         native = "cpu" in native_providers(name)
-        par = run_parity(model, str(res.path), parity_set, reference_ops=not native)
-        report["parity"].append({"lowering": name, "mode": "onnxruntime-cpu" if native else "reference kernels (CPU)",
-                                 "passed": par.passed, **{k: par.summary[k] for k in PARITY_KEYS}})
+        mode = "onnxruntime-cpu" if native else "reference kernels (CPU)"
+        for run in run_parity(model, str(res.path), parity_set, reference_ops=not native):
+            report["parity"].append(_parity_row(name, mode, run))
     quant = _quantize(model, out, parity_set, eval_size=100 if quick else 300)
     report["quantization"] = quant["rows"]
     report["parity"] += quant["parity"]
     report["bench"] = bench_summary(model, out / "navit.dense.onnx", quick=quick,
                                     onnx_int8=out / f"navit.dense.{ORT_CPU_INT8}.onnx", out=out / "bench")
-    report["passed"] = all(p["passed"] for p in report["parity"])
+    report["passed"] = all(p["passed"] for p in report["parity"]) and all(q.get("passed", True) for q in quant["rows"])
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(render_markdown(report))
     return report
+
+
+def _parity_row(lowering: str, mode: str, run: Any) -> dict[str, Any]:
+    s = run.report.summary
+    return {"lowering": lowering, "mode": mode, "check": run.check, "reference": run.reference, "note": run.note,
+            "passed": run.passed, "failures": run.report.failures, **{k: s[k] for k in PARITY_KEYS}}
 
 
 # (file tag, precision, INT8 activation type): FP16; INT8 with symmetric int8 activations, the model
@@ -58,56 +79,92 @@ ORT_CPU_INT8 = "int8-u8"
 
 
 def _quantize(model: str, out: Path, parity_set: list, eval_size: int) -> dict[str, list]:
-    """FP16 and INT8 from the dense export: accuracy on held-out images and parity at each precision's thresholds."""
+    """FP16 and INT8 from the dense export: accuracy on held-out images (top-1 where the model has labels,
+    embedding cosine otherwise) and parity at each precision's thresholds."""
     from navit_deploy.calibration import quantize_model
-    from navit_deploy.commands.deploy_cmds import run_parity
+    from navit_deploy.parity_run import run_parity
 
     rows, parity = [], []
     for name, precision, activations in QUANTIZED_VARIANTS:
         res = quantize_model(out / "navit.dense.onnx", out / f"navit.dense.{name}.onnx", precision,
                              activations=activations, eval_size=eval_size, progress=False)
         assert res.report is not None
-        rows.append({**res.report.to_json(), "precision": name, "file": res.path.name,
-                     "mb": round(res.path.stat().st_size / 1e6, 2), "seconds": round(res.seconds, 1)})
-        par = run_parity(model, str(res.path), parity_set)
-        parity.append({"lowering": f"dense {name}", "mode": "onnxruntime-cpu", "passed": par.passed,
-                       **{k: par.summary[k] for k in PARITY_KEYS}})
+        row = {**res.report.to_json(), "precision": name, "file": res.path.name,
+               "mb": round(res.path.stat().st_size / 1e6, 2), "seconds": round(res.seconds, 1)}
+        if not res.report.has_labels:  # an embedding model: the target is the mean cosine against FP32
+            row["passed"] = res.report.cosine_mean >= QUANT_MIN_MEAN_COSINE
+        rows.append(row)
+        for run in run_parity(model, str(res.path), parity_set):
+            parity.append(_parity_row(f"dense {name}", "onnxruntime-cpu", run))
     return {"rows": rows, "parity": parity}
 
 
 def _agreement(p: dict[str, Any]) -> str:
+    if not p.get("has_logits", True):
+        return "-"
     ties = p.get("near_tie_flips", 0)
     return f"{p['top1_agreement']:.3f}" + (f" ({ties} flipped near-tie{'s' if ties > 1 else ''})" if ties else "")
 
 
+def _num(x: Any, fmt: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+CHECKS = {"pytorch": "PyTorch model", "source pixels": "source library, identical pixels",
+          "source files": "source library, from image files", "packing invariance": "alone vs packed"}
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     """The human-readable deploy report."""
+    arch = r.get("architecture", {})
     lines = [f"# navit deploy report: {r['model']}", "",
+             f"Family: {r.get('family', 'navit')} ({arch.get('dim')} wide, {arch.get('depth')} layers, {arch.get('heads')} "
+             f"heads of {arch.get('head_dim')}; outputs {', '.join(arch.get('outputs', []))}). "
              f"Weights sha256 `{r['weights_sha256'][:16]}…`; machine: {r['machine']} ({r['processor']}).", "",
              f"**Overall: {'PASSED' if r['passed'] else 'FAILED'}**", "", "## Exports", "",
              "| lowering | file | MB | export s | ONNX Runtime providers | TensorRT |", "|---|---|---|---|---|---|"]
     for e in r["exports"]:
+        if e.get("skipped"):
+            lines.append(f"| {e['lowering']} | not exported: {e['skipped']} | | | | {e['runs_on']} |")
+            continue
         lines.append(f"| {e['lowering']} | {e['file']} | {e['mb']} | {e['export_s']} | "
                      f"{', '.join(e['ort_providers']) or '-'} | {e['runs_on']} |")
-    lines += ["", "## Parity against PyTorch (fp32 thresholds for fp32 exports, looser for fp16/int8)", "",
-              "| lowering | checked with | images | max abs Δ embedding | max abs Δ logit | min cosine | top-1 agreement | result |",
-              "|---|---|---|---|---|---|---|---|"]
+    refs = sorted({p["reference"] for p in r["parity"] if p.get("check") in ("source pixels", "source files", "pytorch")})
+    lines += ["", "## Parity (fp32 thresholds for fp32 exports, looser for fp16/int8)", "",
+              "References: " + "; ".join(refs) + ". *Identical pixels*: the source's own preprocessed pixels fed to "
+              "both sides (the model alone). *From image files*: each side's own preprocessing (front end included). "
+              "*Alone vs packed*: each image in a pack of its own against the runtime's packing.", "",
+              "| lowering | checked with | check | images | max abs Δ embedding | max abs Δ logit | min cosine | "
+              "top-1 agreement | result |", "|---|---|---|---|---|---|---|---|---|"]
     for p in r["parity"]:
-        lines.append(f"| {p['lowering']} | {p['mode']} | {p['images']} | {p['max_abs_embedding_max']:.2e} | "
-                     f"{p['max_abs_logit_max']:.2e} | {p['cosine_min']:.7f} | {_agreement(p)} | "
-                     f"{'pass' if p['passed'] else 'FAIL'} |")
+        dlogit = _num(p["max_abs_logit_max"], ".2e") if p.get("has_logits", True) else "-"
+        lines.append(f"| {p['lowering']} | {p['mode']} | {CHECKS.get(p.get('check', 'pytorch'), p.get('check'))} | "
+                     f"{p['images']} | {p['max_abs_embedding_max']:.2e} | {dlogit} | {p['cosine_min']:.7f} | "
+                     f"{_agreement(p)} | {'pass' if p['passed'] else 'FAIL'} |")
+    notes = sorted({p["note"] for p in r["parity"] if p.get("note")})
+    lines += [f"", *[f"Note: {n}." for n in notes]] if notes else []
     if any(p.get("near_tie_flips") for p in r["parity"]):
         lines += ["", f"*Near-tie*: the reference's top-1 logit led the runner-up by less than "
                       f"{THRESHOLDS['int8'].tie_margin} (INT8's logit noise is a few hundredths); a flip there is "
                       "reported but not counted against the agreement threshold."]
     if r.get("quantization"):
-        lines += ["", "## Quantization (held-out images, against the FP32 export)", "",
-                  "| precision | file | MB | top-1 FP32 | top-1 quantized | Δ points | top-1 agreement | min cosine | max abs Δ logit | time s |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for q in r["quantization"]:
-            lines.append(f"| {q['precision']} | {q['file']} | {q['mb']} | {q['fp32_top1']:.3f} | {q['quant_top1']:.3f} | "
-                         f"{q['top1_delta_points']:+.1f} | {q['top1_agreement']:.3f} | {q['cosine_min']:.5f} | "
-                         f"{q['max_abs_logit_diff']:.3g} | {q['seconds']} |")
+        labelled = all(q.get("has_labels", True) for q in r["quantization"])
+        if labelled:
+            lines += ["", "## Quantization (held-out images, against the FP32 export)", "",
+                      "| precision | file | MB | top-1 FP32 | top-1 quantized | Δ points | top-1 agreement | min cosine | "
+                      "max abs Δ logit | time s |", "|---|---|---|---|---|---|---|---|---|---|"]
+            for q in r["quantization"]:
+                lines.append(f"| {q['precision']} | {q['file']} | {q['mb']} | {q['fp32_top1']:.3f} | {q['quant_top1']:.3f} | "
+                             f"{q['top1_delta_points']:+.1f} | {q['top1_agreement']:.3f} | {q['cosine_min']:.5f} | "
+                             f"{q['max_abs_logit_diff']:.3g} | {q['seconds']} |")
+        else:
+            lines += ["", f"## Quantization (embedding model: cosine against the FP32 export on {r['quantization'][0]['images']} "
+                          f"images; target mean >= {QUANT_MIN_MEAN_COSINE})", "",
+                      "| precision | file | MB | mean cosine | min cosine | max abs Δ embedding | time s | target |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for q in r["quantization"]:
+                lines.append(f"| {q['precision']} | {q['file']} | {q['mb']} | {q['cosine_mean']:.5f} | {q['cosine_min']:.5f} | "
+                             f"{q['max_abs_embedding_diff']:.3g} | {q['seconds']} | {'pass' if q.get('passed', True) else 'MISS'} |")
         lines += ["", "*int8*: symmetric int8 activations, what TensorRT builds INT8 engines from; *int8-u8*: "
                   "uint8 activations, ONNX Runtime's faster integer GEMM on x86 CPUs (used for the benchmark's "
                   "INT8 rows). Both keep LayerNorm, softmax, GELU, the attention scores and the pooling head in FP32."]

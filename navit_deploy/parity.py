@@ -81,22 +81,32 @@ class ParityReport:
         }
 
     def table(self) -> str:
-        """A terminal table: one row per image, then the summary and the verdict."""
-        rows = [f"{'image':<32} {'max|dEmb|':>10} {'max|dLogit|':>11} {'cosine':>10} {'top1':>5}"]
+        """A terminal table: one row per image (named by its file), the summary, the thresholds applied, the
+        tolerance that would have passed, and the verdict. Logit columns only for models with logits."""
+        s, th = self.summary, self.thresholds
+        logits = s.get("has_logits", True)
+        head = f"{'image':<40} {'max|dEmb|':>10}" + (f" {'max|dLogit|':>11}" if logits else "") + f" {'cosine':>10}"
+        rows = [head + (f" {'top1':>5}" if logits else "")]
         for i in self.images:
+            name = i.name if len(i.name) <= 40 else "..." + i.name[-37:]
             if i.error:
-                rows.append(f"{i.name[-32:]:<32} error: {i.error}")
+                rows.append(f"{name:<40} error: {i.error}")
                 continue
-            rows.append(f"{i.name[-32:]:<32} {i.max_abs_embedding:>10.2e} {i.max_abs_logit:>11.2e} "
-                        f"{i.cosine:>10.7f} {'ok' if i.top1_match else 'DIFF':>5}")
-        s = self.summary
+            rows.append(f"{name:<40} {i.max_abs_embedding:>10.2e}" + (f" {i.max_abs_logit:>11.2e}" if logits else "")
+                        + f" {i.cosine:>10.7f}" + (f" {'ok' if i.top1_match else 'DIFF':>5}" if logits else ""))
+        agree = (f"; top-1 agreement {s['top1_agreement']:.4f}"
+                 + (f" ({s['top1_agreement_decisive']:.4f} without {s['near_tie_flips']} flipped near-tie(s))"
+                    if s["near_tie_flips"] else "")) if logits else ""
         rows.append(f"summary ({self.precision}): max|dEmb| max {s['max_abs_embedding_max']:.2e} mean "
                     f"{s['max_abs_embedding_mean']:.2e} median {s['max_abs_embedding_median']:.2e}; "
-                    f"min cosine {s['cosine_min']:.7f}; top-1 agreement {s['top1_agreement']:.4f}"
-                    + (f" ({s['top1_agreement_decisive']:.4f} without {s['near_tie_flips']} flipped near-tie(s))"
-                       if s["near_tie_flips"] else ""))
-        rows.append(f"would pass with: max|dEmb| <= {s['max_abs_embedding_max']:.2e}, max|dLogit| <= "
-                    f"{s['max_abs_logit_max']:.2e}, cosine >= {s['cosine_min']:.7f}")
+                    f"min cosine {s['cosine_min']:.7f}" + agree)
+        applied = [f"max|dEmb| <= {th.max_abs_embedding:.0e}" if th.max_abs_embedding != float("inf") else None,
+                   f"max|dLogit| <= {th.max_abs_logit:.0e}" if logits and th.max_abs_logit != float("inf") else None,
+                   f"cosine >= {th.min_cosine}", f"top-1 agreement >= {th.min_top1_agreement}" if logits else None]
+        rows.append("thresholds: " + ", ".join(a for a in applied if a))
+        rows.append(f"would pass with: max|dEmb| <= {s['max_abs_embedding_max']:.2e}"
+                    + (f", max|dLogit| <= {s['max_abs_logit_max']:.2e}" if logits else "")
+                    + f", cosine >= {s['cosine_min']:.7f}")
         rows.append("PASSED" if self.passed else "FAILED: " + "; ".join(self.failures))
         return "\n".join(rows)
 
@@ -115,14 +125,16 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare(reference: Sequence[ImageResult], candidate: Sequence[ImageResult], precision: str = "fp32",
-            thresholds: Thresholds | None = None) -> ParityReport:
-    """Compare per-image outputs; images that failed in either runner are reported and counted as failures."""
+            thresholds: Thresholds | None = None, same_error_type: bool = True) -> ParityReport:
+    """Compare per-image outputs; images that failed in either runner are reported and counted as failures,
+    except a bad input both reject (with the same error type, unless ``same_error_type=False``: a source
+    library names its own errors)."""
     th = thresholds or thresholds_for(precision)
     per: list[ImageParity] = []
     skipped = 0
     for r, c in zip(reference, candidate, strict=True):
         if not (r.ok and c.ok):
-            same = not r.ok and not c.ok and r.error_type == c.error_type
+            same = not r.ok and not c.ok and (r.error_type == c.error_type or not same_error_type)
             skipped += same  # a bad input both runners reject identically is not a parity failure
             per.append(ImageParity(r.name, float("nan"), float("nan"), float("nan"), False,
                                    ("both: " if same else "one runner: ") + str(r.error or c.error)))

@@ -30,19 +30,25 @@ class ModelShape:
     hidden: int
     patch_dim: int
     num_classes: int
+    inner: int = 0  # attention width (heads * head dim); 0: dim
+    pos_table: int = 0  # a resized position table of pos_table**2 rows (SigLIP 2): one matmul per token
 
     @classmethod
     def from_config(cls, cfg: Any) -> ModelShape:
         """From a :class:`~navit_deploy.model.config.NaViTConfig` (or anything with the same fields)."""
-        return cls(dim=cfg.dim, depth=cfg.depth, hidden=int(cfg.dim * cfg.mlp_ratio), patch_dim=cfg.patch_dim,
-                   num_classes=cfg.num_classes)
+        hidden = getattr(cfg, "mlp_hidden", None) or int(cfg.dim * cfg.mlp_ratio)
+        inner = cfg.heads * cfg.head_dim if hasattr(cfg, "head_dim") else cfg.dim
+        inner = 0 if inner == cfg.dim else inner
+        table = cfg.pos_table ** 2 if getattr(cfg, "pos_mode", "") == "resized" else 0
+        return cls(dim=cfg.dim, depth=cfg.depth, hidden=hidden, patch_dim=cfg.patch_dim, num_classes=cfg.num_classes,
+                   inner=inner, pos_table=table)
 
     @property
     def weights_per_token(self) -> int:
         """Linear-layer weights applied to every token (padding included)."""
-        d, h = self.dim, self.hidden
-        block = d * 3 * d + d * d + 2 * d * h
-        return self.patch_dim * d + self.depth * block + d * 2 * d
+        d, h, i = self.dim, self.hidden, self.inner or self.dim
+        block = d * 3 * i + i * d + 2 * d * h
+        return self.patch_dim * d + self.pos_table * d + self.depth * block + d * 2 * i
 
     @property
     def weights_per_image(self) -> int:

@@ -57,7 +57,12 @@ class Plan:
 
 
 def workload_frontend(base: FrontendConfig, max_patches: int, upscale: bool) -> FrontendConfig:
-    """The model's front end at a workload's budget (NaFlex-style ``max_patches``)."""
+    """The model's front end at a workload's budget (NaFlex-style ``max_patches``). A model whose size rule
+    is SigLIP 2's (``budget="naflex"``, one position table resized to any grid) keeps its rule, with the
+    grid limit raised to the budget."""
+    if base.budget == "naflex":
+        return base.replace(max_patches=max_patches, upscale=upscale, square_grid=0,
+                            max_grid=max(base.max_grid, max_patches))
     return base.replace(budget="max_patches", max_patches=max_patches, upscale=upscale, square_grid=0)
 
 

@@ -51,12 +51,23 @@ class AccuracyReport:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["top1_delta_points"] = round(self.top1_delta, 3)
+        d["has_labels"] = self.has_labels
         for k, v in d.items():
             if isinstance(v, float):
-                d[k] = round(v, 7)
+                d[k] = None if v != v else round(v, 7)  # NaN (no labels) is JSON null
         return d
 
+    @property
+    def has_labels(self) -> bool:
+        return self.fp32_top1 == self.fp32_top1  # NaN for an embedding model
+
     def table(self) -> str:
+        if not self.has_labels:
+            rows = [f"{self.precision} vs FP32 on {self.images} images ({self.data})",
+                    f"  {'embedding cosine min/mean':<26}{self.cosine_min:>10.6f} / {self.cosine_mean:.6f}",
+                    f"  {'max |d embedding|':<26}{self.max_abs_embedding_diff:>10.4g}",
+                    "  parity thresholds: " + ("passed" if self.parity_passed else "FAILED: " + "; ".join(self.parity_failures))]
+            return "\n".join(rows)
         rows = [f"accuracy vs FP32 on {self.images} held-out images ({self.data})",
                 f"  {'':<26}{'fp32':>10}{self.precision:>10}",
                 (f"  {'held-out top-1':<26}{self.fp32_top1:>10.4f}{self.quant_top1:>10.4f}   "
@@ -122,9 +133,14 @@ def compare_results(ref: Sequence[ImageResult], cand: Sequence[ImageResult]) -> 
         return {"compared": 0, "top1_agreement": 0.0, "cosine_min": float("nan"), "cosine_mean": float("nan"),
                 "max_abs_logit_diff": float("nan"), "max_abs_embedding_diff": float("nan")}
     cos = np.array([_cos(r.embedding.astype(np.float64), c.embedding.astype(np.float64)) for r, c in pairs])
-    return {"compared": len(pairs), "top1_agreement": float(np.mean([r.top1 == c.top1 for r, c in pairs])),
+    if pairs[0][0].logits is None:
+        agree, dlogit = float("nan"), float("nan")
+    else:
+        agree = float(np.mean([r.top1 == c.top1 for r, c in pairs]))
+        dlogit = max(float(np.abs(r.logits - c.logits).max()) for r, c in pairs)
+    return {"compared": len(pairs), "top1_agreement": agree,
             "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
-            "max_abs_logit_diff": max(float(np.abs(r.logits - c.logits).max()) for r, c in pairs),
+            "max_abs_logit_diff": dlogit,
             "max_abs_embedding_diff": max(float(np.abs(r.embedding - c.embedding).max()) for r, c in pairs)}
 
 
@@ -164,8 +180,15 @@ def accuracy_report(fp32_onnx: str | Path, quant_onnx: str | Path, *, eval_size:
         for name, runner in (("fp32", fp32), ("quant", cand)):
             rec = _Recording(pipeline_for(runner, artifact))
             with runner:
-                ev = evaluate(rec, data, chunk=chunk, progress=progress)  # type: ignore[arg-type]
+                if artifact.has_logits:
+                    ev = evaluate(rec, data, chunk=chunk, progress=progress)  # type: ignore[arg-type]
+                else:  # an embedding model: no labels to score, only its outputs to compare
+                    for start_i in range(0, len(data), chunk):
+                        rec.run([data[i][0] for i in range(start_i, min(start_i + chunk, len(data)))])
+                    ev = None
             results[name] = (ev, rec.results)
+        if not artifact.has_logits:
+            what += "; embedding model: cosine and max abs difference against FP32, no labels"
     (ev32, res32), (evq, resq) = results["fp32"], results["quant"]
     stats = compare_results(res32, resq)
     precision = cand.precision
@@ -175,6 +198,8 @@ def accuracy_report(fp32_onnx: str | Path, quant_onnx: str | Path, *, eval_size:
     except ConfigError as exc:
         passed, failures = False, [str(exc)]
     failed = sum(1 for r, c in zip(res32, resq) if not (r.ok and c.ok))
-    return AccuracyReport(precision, ev32.images, ev32.top1, evq.top1, stats["top1_agreement"], stats["cosine_min"],
+    nan = float("nan")
+    top32, topq = (ev32.top1, evq.top1) if ev32 is not None and evq is not None else (nan, nan)
+    return AccuracyReport(precision, len(res32), top32, topq, stats["top1_agreement"], stats["cosine_min"],
                           stats["cosine_mean"], stats["max_abs_logit_diff"], stats["max_abs_embedding_diff"], failed,
                           what, time.perf_counter() - start, passed, failures, str(fp32_onnx), str(quant_onnx))

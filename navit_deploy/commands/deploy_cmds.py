@@ -21,14 +21,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="ONNX opset, 17-20 (default 20: one Gelu node; TensorRT >= 10.0 and ONNX Runtime parse it)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("parity", help="compare an exported model (or engine) with PyTorch, image by image")
-    p.add_argument("--model", default="builtin")
+    p = sub.add_parser("parity", help="compare an exported model (or engine) with its reference, image by image",
+                       description="The reference is the PyTorch model for project models, and the source library "
+                                   "(transformers' SigLIP 2, vit-pytorch's NaViT) for imported ones, when installed.")
+    p.add_argument("--model", default="builtin", help="'builtin', a model directory, or a SigLIP 2 / vit-pytorch checkpoint")
     p.add_argument("--onnx", required=True, help="an exported .onnx model or a TensorRT engine")
     p.add_argument("--images", default=None, help="folder of images (default: the builtin real+generated samples)")
     p.add_argument("--provider", default="cpu")
     p.add_argument("--precision", default=None, help="thresholds to apply (default: the artifact's precision)")
     p.add_argument("--reference-ops", action="store_true",
                    help="run custom-node lowerings on CPU with reference kernels (validation only)")
+    p.add_argument("--no-source", action="store_true",
+                   help="for imported models: compare with the converted PyTorch model, not the source library")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_parity)
 
@@ -62,43 +66,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def parity_images(folder: str | None) -> list:
-    """Paths in ``folder``, or the builtin real photographs, scans and generated camera/document images."""
-    if folder:
-        from navit_deploy.data.image_folder import list_images
-
-        return [str(p) for p in list_images(folder, recursive=True)]
-    from navit_deploy.data.sample_images import builtin_sample_images
-
-    return [img for _, img in builtin_sample_images()]
-
-
-def run_parity(model: str, artifact_path: str, images: list, provider: str = "cpu", precision: str | None = None,
-               reference_ops: bool = False):
-    """Reference (PyTorch) vs candidate on ``images``; returns a :class:`ParityReport`."""
-    from navit_deploy.errors import ArtifactMismatchError
-    from navit_deploy.model.weights import model_digest
-    from navit_deploy.parity import compare
-    from navit_deploy.runtime.open import open_runner, pipeline_for
-    from navit_deploy.runtime.torch_runner import TorchRunner
-
-    candidate, artifact = open_runner(artifact_path, provider=provider, reference_ops=reference_ops)
-    digest = model_digest(model)
-    if artifact.weights_sha256 and artifact.weights_sha256 != digest:
-        raise ArtifactMismatchError(f"{artifact_path} was exported from other weights than {model} "
-                                    f"({artifact.weights_sha256[:12]} vs {digest[:12]}); re-export or pick the right model")
-    reference = TorchRunner(model, attention="segment")
-    with reference, candidate:
-        ref = pipeline_for(reference, artifact).run(images)
-        cand = pipeline_for(candidate, artifact).run(images)
-    return compare(ref, cand, precision or artifact.precision)
-
-
 def cmd_parity(args: argparse.Namespace) -> int:
-    report = run_parity(args.model, args.onnx, parity_images(args.images), args.provider, args.precision,
-                        args.reference_ops)
-    print(json.dumps(report.to_json(), indent=1) if args.json else report.table())
-    return 0 if report.passed else 1
+    from navit_deploy.parity_run import parity_images, render_runs, run_parity
+
+    runs = run_parity(args.model, args.onnx, parity_images(args.images), args.provider, args.precision,
+                      args.reference_ops, source=not args.no_source)
+    if args.json:
+        print(json.dumps({"passed": all(r.passed for r in runs), "checks": [r.to_json() for r in runs]}, indent=1))
+    else:
+        print(render_runs(runs))
+    return 0 if all(r.passed for r in runs) else 1
 
 
 def cmd_infer(args: argparse.Namespace) -> int:

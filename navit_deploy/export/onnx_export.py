@@ -53,9 +53,9 @@ def export_onnx(model: NaViT, out: str | Path, *, lowering: str = "dense", weigh
                           f"(default {DEFAULT_OPSET}; TensorRT 10 parses up to 20)")
     cfg = model.config
     if low.name == "trt-plugin" and cfg.head_dim not in SUPPORTED_HEAD_DIMS:
-        raise ConfigError(f"the NavitPackedAttention plugin supports head dims {SUPPORTED_HEAD_DIMS}; this model has "
-                          f"{cfg.head_dim} ({cfg.heads} heads of {cfg.dim} wide). Export with --attention dense "
-                          "(any TensorRT) or trt-native (TensorRT >= 11.1) instead")
+        raise ConfigError(f"the NavitPackedAttention plugin supports head dims {SUPPORTED_HEAD_DIMS}; this model's "
+                          f"head dim is {cfg.head_dim} ({cfg.heads} heads). Export with --attention dense (any "
+                          "TensorRT) or trt-native (TensorRT >= 11.1) instead")
     start = time.time()
     model = model.eval().set_attention(low.attention_impl)
     pack = example_pack(model)

@@ -37,6 +37,7 @@ from navit_deploy.importers.base import (
 from navit_deploy.model.config import NaViTConfig
 
 MODEL_TYPES = ("siglip2", "siglip2_vision_model")
+RESIZED_MAX_GRID = 1 << 14
 PREPROCESSOR = "preprocessor_config.json"
 VISION_PREFIX = "vision_model."
 _ACTS = {"gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu": "exact"}
@@ -84,8 +85,10 @@ def frontend_config(pre: dict[str, Any], vc: dict[str, Any]) -> FrontendConfig:
     channels = int(vc["num_channels"])
     if channels != 3:
         raise ConfigError(f"SigLIP 2 with {channels} channels is not supported (RGB only)")
+    # The position table is resized to any grid, so no grid side is out of range (max_grid only guards the
+    # indexed tables of other families).
     return FrontendConfig(patch_size=patch, channels=3, budget="naflex", max_patches=max_patches,
-                          max_grid=max_patches, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
+                          max_grid=RESIZED_MAX_GRID, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
                           rescale=rescale, resample=_RESAMPLE[resample], reducing_gap=None, jpeg_draft=False,
                           to_rgb="convert")
 

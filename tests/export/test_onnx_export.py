@@ -149,3 +149,17 @@ def test_packing_independent_results_through_onnx(exported):
         assert len(embs) == 3
         np.testing.assert_allclose(embs[0], embs[1], atol=1e-5)
         np.testing.assert_allclose(embs[0], embs[2], atol=1e-5)
+
+
+def test_plugin_head_dims_are_refused_at_export_with_the_alternatives(tmp_path):
+    """SigLIP 2 so400m has 16 heads of 72: the plugin's kernels take 32, 64 or 128, so export says so."""
+    from navit_deploy.errors import ConfigError
+    from navit_deploy.export.onnx_export import export_onnx
+    from navit_deploy.frontend import FrontendConfig
+    from navit_deploy.model.config import NaViTConfig
+    from navit_deploy.model.navit import NaViT
+
+    net = NaViT(NaViTConfig(dim=144, depth=1, heads=2, pool_heads=2, num_classes=2, frontend=FrontendConfig()))
+    with pytest.raises(ConfigError, match=r"head dim is 72 .*dense.*trt-native"):
+        export_onnx(net, tmp_path / "m.onnx", lowering="trt-plugin")
+    assert not (tmp_path / "m.onnx").exists()

@@ -80,7 +80,7 @@ def load_na_vit() -> ModuleType:
         pytest.skip(str(exc))
 
 
-VIT_ARGS = dict(image_size=(128, 96), patch_size=16, num_classes=5, dim=64, depth=2, heads=2, dim_head=24,
+VIT_ARGS = dict(image_size=(128, 96), patch_size=16, num_classes=5, dim=64, depth=2, heads=3, dim_head=32,
                 mlp_dim=128)
 
 

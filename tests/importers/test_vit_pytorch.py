@@ -69,7 +69,7 @@ def test_logits_and_embeddings_match_vit_pytorch(case):
 def test_config_and_front_end(vit_dir):
     path, _ = vit_dir
     cfg = load_model(path).config
-    assert cfg.pos_rows_cols == (8, 6) and cfg.head_dim == 24 and cfg.heads * cfg.head_dim != cfg.dim
+    assert cfg.pos_rows_cols == (8, 6) and cfg.head_dim == 32 and cfg.heads * cfg.head_dim != cfg.dim
     assert cfg.norm_eps == 1e-5 and not cfg.norm_bias and cfg.gelu == "exact" and cfg.qk_norm == "l2"
     fe = cfg.frontend
     assert fe.max_patches == 48 and fe.max_grid == 6 and fe.mean == (0.5,) * 3 and fe.std == (0.25,) * 3
@@ -138,3 +138,13 @@ def test_bad_constructor_arguments(vit_dir, tmp_path):
     (d / "config.json").write_text(json.dumps({**args, "image_size": 100}))
     with pytest.raises(ConfigError, match="divisible"):
         load_model(d)
+
+
+def test_flop_count_follows_the_imported_shape(vit_dir):
+    from navit_deploy.bench.flops import ModelShape
+
+    net = load_model(vit_dir[0])
+    shape = ModelShape.from_config(net.config)
+    per_token = net.patch_embed.proj.weight.numel() + net.pool.kv.weight.numel() + sum(
+        m.weight.numel() for b in net.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp[0], b.mlp[2]))
+    assert shape.inner == 96 and shape.weights_per_token == per_token
