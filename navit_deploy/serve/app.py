@@ -81,7 +81,7 @@ def create_app(pipeline: Pipeline, labels: Sequence[str] = (), config: ServeConf
                                                        **{"Retry-After": "1"}))
         try:
             top_k = max(0, int(request.query_params.get("top_k", "0")))
-            images = await read_images(request, config.max_queue)
+            images = await read_images(request)
         except ValueError:
             return answer(400, started, error_response(400, "top_k must be an integer"))
         except BodyTooLarge:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable
 
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -19,6 +20,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 RAW_TYPES = ("image/", "application/octet-stream")
+MAX_PARTS = 100_000
 
 
 class BodyTooLarge(Exception):
@@ -87,7 +89,7 @@ class BodySizeLimit:
             scope, receive, send)
 
 
-async def read_images(request: Request, max_images: int) -> list[tuple[str, bytes]]:
+async def read_images(request: Request) -> list[tuple[str, bytes]]:
     """``(name, bytes)`` of every image in the request, in order.
 
     ``multipart/form-data``: every file part, whatever its field name (other fields are ignored);
@@ -98,9 +100,10 @@ async def read_images(request: Request, max_images: int) -> list[tuple[str, byte
     ctype = request.headers.get("content-type", "").lower()
     if ctype.startswith("multipart/form-data"):
         try:
-            form = await request.form(max_files=max_images, max_fields=max_images)
-        except MultiPartException as exc:
-            raise UploadError(400, f"bad multipart body: {exc}") from exc
+            # The body limit bounds what the parts can hold; the caller checks the number of images.
+            form = await request.form(max_files=MAX_PARTS, max_fields=MAX_PARTS)
+        except (MultiPartException, HTTPException) as exc:
+            raise UploadError(400, f"bad multipart body: {getattr(exc, 'detail', exc)}") from exc
         try:
             images = []
             for field, value in form.multi_items():
