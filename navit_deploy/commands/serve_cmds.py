@@ -53,7 +53,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "the inputs)")
     p.add_argument("--actors", type=int, default=1, help="--ray: actors in the pool (each holds one runner)")
     p.add_argument("--cpus-per-actor", type=float, default=None,
-                   help="--ray: CPUs (and ONNX Runtime threads) per actor (default: the cluster's, shared equally)")
+                   help="--ray: CPUs (and ONNX Runtime threads) per actor (default: the cluster's, shared equally, "
+                        "less half a CPU per node for the Parquet writers)")
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="--ray: GPUs per actor (GPU nodes)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON")

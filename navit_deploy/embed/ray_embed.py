@@ -54,7 +54,22 @@ def _assigned_cpus() -> int:
     """CPUs Ray gave this actor (at least 1)."""
     import ray
 
-    return max(1, int(round(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1) + 0.5))
+
+
+#: CPUs left free on each node for Ray Data's write tasks (0.1 CPU each): with every CPU held by an actor
+#: they would wait until the actors finish, and no part would reach disk before the end of the run.
+WRITE_HEADROOM = 0.5
+
+
+def default_cpus_per_actor(actors: int) -> float:
+    """The cluster's CPUs shared equally among ``actors``, at most one node's, minus the writers' headroom."""
+    import ray
+
+    nodes = [n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive", True)]
+    largest = max(nodes, default=1.0)
+    total = float(ray.cluster_resources().get("CPU", largest))
+    return max(0.25, min(largest - WRITE_HEADROOM, (total - WRITE_HEADROOM * len(nodes)) / max(1, actors)))
 
 
 def package_pythonpath() -> str:
@@ -84,12 +99,13 @@ def embed_with_ray(paths: Sequence[str], model_path: str | os.PathLike[str], out
                    address: str | None = None, actors: int = 1, cpus_per_actor: float | None = None,
                    gpus_per_actor: float = 0.0, batch_size: int = DEFAULT_BATCH, provider: str = "cpu",
                    frontend: FrontendConfig | None = None, progress: bool = True,
-                   actor_cls: type = EmbedBatch) -> EmbedSummary:
+                   actor_cls: type = EmbedBatch, actor_kwargs: dict[str, Any] | None = None) -> EmbedSummary:
     """Embed ``paths`` into ``out`` with Ray Data, skipping paths ``out`` already holds.
 
-    ``actors``: the fixed actor pool's size. ``cpus_per_actor`` (default: the cluster's CPUs shared
-    equally) also sets each actor's ONNX Runtime threads; ``gpus_per_actor`` > 0 puts actors on GPU
-    nodes (use ``provider="cuda"`` or an engine). ``actor_cls``: the actor (a subclass for tests).
+    ``actors``: the fixed actor pool's size. ``cpus_per_actor`` (default: :func:`default_cpus_per_actor`)
+    also sets each actor's ONNX Runtime threads (rounded, at least 1); ``gpus_per_actor`` > 0 puts actors on GPU
+    nodes (use ``provider="cuda"`` or an engine). ``actor_cls``/``actor_kwargs``: the actor and further
+    arguments of its constructor (a subclass of :class:`EmbedBatch`, e.g. for tests).
     """
     import ray
     import ray.data
@@ -101,7 +117,8 @@ def embed_with_ray(paths: Sequence[str], model_path: str | os.PathLike[str], out
     started = init_ray(address)
     try:
         startup_s = time.perf_counter() - t0
-        cpus = cpus_per_actor or max(1.0, float(int(ray.cluster_resources().get("CPU", 1)) // max(1, actors)))
+        cpus = cpus_per_actor or default_cpus_per_actor(actors)
+        threads = max(1, int(cpus + 0.5))
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = progress
         if todo:
@@ -115,7 +132,8 @@ def embed_with_ray(paths: Sequence[str], model_path: str | os.PathLike[str], out
                 compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus, num_gpus=gpus_per_actor or None,
                 fn_constructor_kwargs={"model_path": str(Path(model_path).resolve()), "metadata": metadata,
                                        "provider": provider,
-                                       "frontend": frontend.to_dict() if frontend else None, "threads": int(cpus)},
+                                       "frontend": frontend.to_dict() if frontend else None, "threads": threads,
+                                       **(actor_kwargs or {})},
                 runtime_env={"env_vars": {"PYTHONPATH": package_pythonpath()}})
             ds.write_parquet(str(Path(out).resolve()), ray_remote_args={"num_cpus": 0.1})
     finally:
@@ -127,8 +145,10 @@ def embed_with_ray(paths: Sequence[str], model_path: str | os.PathLike[str], out
     return EmbedSummary(str(out), "ray", len(paths), len(paths) - len(todo), len(todo), failed,
                         after.parts - state.parts, round(seconds, 3),
                         round(len(todo) / seconds, 2) if todo and seconds > 0 else 0.0, state.broken,
-                        {"actors": actors, "cpus_per_actor": cpus, "gpus_per_actor": gpus_per_actor,
-                         "ray_startup_s": round(startup_s, 3), "address": address or "local"})
+                        {"actors": actors, "cpus_per_actor": round(cpus, 3), "threads_per_actor": threads,
+                         "gpus_per_actor": gpus_per_actor,
+                         "ray_startup_s": round(startup_s, 3), "run_s": round(seconds - startup_s, 3),
+                         "address": address or "local"})
 
 
 def _count_failed(out: str | os.PathLike[str], paths: set[str]) -> int:
