@@ -29,7 +29,7 @@ from typing import Literal, Sequence
 from navit_deploy.errors import NavitError
 from navit_deploy.frontend import ImageSource, PreparedImage
 from navit_deploy.packing import PackedBatch, first_fit_decreasing
-from navit_deploy.runtime import ImageResult, Pipeline
+from navit_deploy.runtime import ImageResult, Pipeline, PipelineStats
 from navit_deploy.serve.metrics import ServeMetrics
 
 Batching = Literal["packed", "per-request"]
@@ -128,7 +128,7 @@ class Batcher:
         self._frontend = ThreadPoolExecutor(self.workers, thread_name_prefix="navit-frontend")
         self._model = ThreadPoolExecutor(self.slots, thread_name_prefix="navit-model-slot")
         p = self.pipeline
-        # One pipeline per model slot: run_packs keeps per-call timers, so calls at once need their own.
+        # One pipeline per model slot: a pipeline keeps per-call timers, so calls at once need their own.
         self._idle_pipes = [p] + [Pipeline(p.runner, p.frontend, p.packer, p.channel_order, p.workers)
                                   for _ in range(self.slots - 1)]
         await self._loop.run_in_executor(self._model, p.runner.activate)
@@ -304,8 +304,11 @@ def _compute(pipe: Pipeline, batch: list[_Item]) -> tuple[dict[int, ImageResult]
     prepared = {it.ticket: it.prepared for it in batch}
     names = {it.ticket: it.name for it in batch}
     packs = pipe.packer.pack(list(prepared.values()), list(prepared))
+    # The slot is the concurrency: its packs run one after the other on this thread (run_packs would start
+    # a thread per call). Fresh stats per call keep a long-running service's memory flat.
+    pipe.stats = PipelineStats(images=len(prepared))
     try:
-        return {r.index: r for r in pipe.run_packs(packs, prepared, names)}, packs
+        return {r.index: r for pack in packs for r in pipe.run_pack(pack, prepared, names)}, packs
     except Exception as exc:  # noqa: BLE001 - any runner failure becomes per-image errors below
         if len(prepared) == 1:
             t = next(iter(prepared))
