@@ -208,7 +208,8 @@ def format_serve_table(report: dict[str, Any]) -> str:
             lines.append(f"| {r['workload']} | {r['batching']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} "
                          f"| {r['p99_ms']:.1f} | {r['images_per_pack']:.2f} | {r['requests_per_pack']:.2f} "
                          f"| {r['queue_wait_ms']:.2f} |")
-    lines += ["", "| workload | packed / per-request images/s (rounds) | p50 | p99 (rounds) |", "|---|---|---|---|"]
+    lines += ["", "| workload | packed / per-request: images/s, median of paired rounds (range) | p50 | p99, all "
+              "requests (range of rounds) |", "|---|---|---|---|"]
     for res in report["workloads"]:
         r = res["ratio"]
         lo, hi = min(r["throughput_x_rounds"]), max(r["throughput_x_rounds"])
