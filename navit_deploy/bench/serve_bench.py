@@ -46,7 +46,7 @@ class ServeBenchConfig:
     requests_per_client: int = 16
     rounds: int = 5
     images: int = 64
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0
     seed: int = 0
 
 

@@ -69,7 +69,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--embed", action="store_true", help="navit embed: one process vs Ray Data with --embed-actors")
     s.add_argument("--clients", type=int, default=16, help="--serve: concurrent clients, one image per request")
     s.add_argument("--requests-per-client", type=int, default=16, help="--serve: requests per client per round")
-    s.add_argument("--max-wait-ms", type=float, default=5.0, help="--serve: the packed server's --max-wait-ms")
+    s.add_argument("--max-wait-ms", type=float, default=0.0, help="--serve: the packed server's --max-wait-ms")
     s.add_argument("--embed-images", type=int, default=2000, help="--embed: image files to embed")
     s.add_argument("--embed-actors", type=_ints, default=(1, 2), help="--embed: Ray actor counts (default 1,2)")
     s.add_argument("--embed-batch", type=int, default=128, help="--embed: paths per batch")

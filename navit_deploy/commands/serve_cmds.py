@@ -29,7 +29,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _model_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed at start)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest an image waits for a fuller pack")
+    p.add_argument("--max-wait-ms", type=float, default=0.0,
+                   help="longest an image waits for a fuller pack when a model slot is free (default 0: run what "
+                        "has queued while the slots were busy; raise it where a fuller pack costs little more)")
     p.add_argument("--max-queue", type=int, default=256, help="images admitted and unanswered at once (then 503)")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (then 413)")
     p.add_argument("--max-connections", type=int, default=256, help="open connections at once (then 503)")

@@ -31,13 +31,14 @@ CLIENT_CLOSED = 499
 class ServeConfig:
     """Batching and limits of one service.
 
-    ``max_wait_ms``: longest an image waits for others to share its pack. ``max_queue``: images admitted
+    ``max_wait_ms``: longest an image waits for others to share its pack while a model slot is free
+    (0: none; packs form from what queued while the slots were busy). ``max_queue``: images admitted
     and unanswered at once (beyond: 503). ``max_body_bytes``: largest request body (beyond: 413).
     ``batching``: ``"packed"`` (across requests) or ``"per-request"`` (one request per model call, the
     baseline). ``workers``: front-end threads (default: the pipeline's).
     """
 
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0
     max_queue: int = 256
     max_body_bytes: int = 16 * 1024 * 1024
     batching: Batching = "packed"

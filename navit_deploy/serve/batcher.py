@@ -3,7 +3,11 @@
 Each request's images go through the pipeline's front end (:meth:`Pipeline.prepare`, in a thread pool),
 then into one queue. A dispatcher (an asyncio task) hands packs to the model whenever one of its slots
 is free (``runner.concurrency`` calls at once: 2 on ONNX Runtime CPU): at once when the queue holds a
-pack's worth of tokens, otherwise when the oldest image has waited ``max_wait_ms``. Which images share
+pack's worth of tokens, otherwise when the oldest image has waited ``max_wait_ms``. With the default of
+0 nothing waits on purpose: packs form from the images that queued while the slots were busy (as
+Triton's dynamic batcher does by default). On a CPU, where a model call costs about its tokens, a slot
+left waiting for a fuller pack is only lost time; waiting pays where a fuller pack costs little more than
+a small one (a GPU with spare parallelism). Which images share
 a pack is the packer's decision: :func:`~navit_deploy.packing.first_fit_decreasing` over the head of the
 queue, and the pack that holds the oldest image (or the fullest pack, while the oldest image still has
 time) is the one that runs. Results go back to each request through its own futures.
@@ -74,7 +78,7 @@ class Batcher:
     the packer considers for one pack (default: 4x the images a pack may hold).
     """
 
-    def __init__(self, pipeline: Pipeline, max_wait_ms: float = 5.0, max_queue: int = 256,
+    def __init__(self, pipeline: Pipeline, max_wait_ms: float = 0.0, max_queue: int = 256,
                  batching: Batching = "packed", workers: int | None = None, metrics: ServeMetrics | None = None,
                  scan: int | None = None) -> None:
         if batching not in BATCHING:
