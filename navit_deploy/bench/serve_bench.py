@@ -194,9 +194,17 @@ def machine(cfg: ServeBenchConfig) -> dict[str, Any]:
 
     return {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "onnxruntime": version("onnxruntime"),
-            "uvicorn": version("uvicorn"), "starlette": version("starlette"), "onnx": str(cfg.onnx),
+            "uvicorn": version("uvicorn"), "starlette": version("starlette"), "http": _installed("httptools", "h11"),
+            "loop": _installed("uvloop", "asyncio"), "onnx": str(cfg.onnx),
             "clients": cfg.clients, "requests_per_client": cfg.requests_per_client, "rounds": cfg.rounds,
             "max_wait_ms": cfg.max_wait_ms, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _installed(module: str, otherwise: str) -> str:
+    """What uvicorn's ``auto`` picks: ``module`` when it is installed."""
+    from importlib.util import find_spec
+
+    return module if find_spec(module) else otherwise
 
 
 def format_serve_table(report: dict[str, Any]) -> str:
