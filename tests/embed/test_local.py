@@ -153,3 +153,9 @@ def test_cli_embed_folder_and_resume(images, model, tmp_path, capsys):
     second = json.loads(capsys.readouterr().out)
     assert (first["embedded"], first["failed"], second["skipped"], second["embedded"]) == (38, 2, 38, 0)
     assert main(["embed", str(tmp_path / "nothing-*.jpg"), "--onnx", str(model), "--out", str(out)]) == 2
+
+
+def test_cli_ray_address_that_is_a_path_is_a_usage_error(images, model, tmp_path, capsys):
+    folder = str(images[0].parent)
+    code = main(["embed", str(images[1]), "--ray", folder, "--onnx", str(model), "--out", str(tmp_path / "e")])
+    assert code == 2 and "--ray took" in capsys.readouterr().err
