@@ -279,7 +279,11 @@ class Batcher:
             started = time.perf_counter()
             for it in batch:
                 self.metrics.queue_wait.observe(started - it.enqueued)
-            results, packs = await self._loop.run_in_executor(self._model, _compute, pipe, batch)
+            try:
+                results, packs = await self._loop.run_in_executor(self._model, _compute, pipe, batch)
+            except Exception as exc:  # noqa: BLE001 - never leave a request waiting on a future no one sets
+                results, packs = {it.ticket: ImageResult(it.ticket, it.name, error=f"model call failed: {exc}",
+                                                         error_type=type(exc).__name__) for it in batch}, []
             request_of = {it.ticket: it.request for it in batch}
             for pack, ms in zip(packs, pipe.stats.pack_ms or [0.0] * len(packs)):
                 tickets = pack.image_index.tolist()
@@ -292,7 +296,8 @@ class Batcher:
                 self.metrics.model_seconds.observe(ms / 1000.0)
             for it in batch:
                 if not it.future.done():
-                    res = results[it.ticket]
+                    res = results.get(it.ticket) or ImageResult(it.ticket, it.name, error="the model call returned "
+                                                                "no result for this image", error_type="RuntimeError")
                     self.metrics.images.labels("ok" if res.ok else "error").inc()
                     it.future.set_result(res)
                 else:

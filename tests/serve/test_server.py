@@ -216,3 +216,30 @@ def test_queued_images_run_without_waiting_once_draining(gated, count):
         srv.stop(timeout=WAIT_S)
         client.join(WAIT_S)
     assert answers["a"][0] == 200 and len(answers["a"][1]["data"]) == count
+
+
+def test_a_failing_model_call_is_an_error_of_its_images_only(runner, pipe):
+    good, bad = image_bytes(160, 80, 1), image_bytes(96, 96, 2)
+    bad_tokens = pipe.prepare(0, bad).num_tokens
+    assert pipe.prepare(0, good).num_tokens != bad_tokens
+
+    class Flaky:
+        """Fails every pack that holds an image of the bad image's size; the others run."""
+
+        concurrency = 1
+
+        def activate(self):
+            return runner.activate()
+
+        def infer(self, pack):
+            if bad_tokens in pack.seqlens.tolist():
+                raise RuntimeError("device lost")
+            return runner.infer(pack)
+
+    from navit_deploy.runtime import Pipeline
+
+    flaky = Pipeline(Flaky(), pipe.frontend, pipe.packer)
+    with serving(flaky, max_wait_ms=200) as srv, EmbeddingClient(srv.host, srv.port) as c:
+        status, body = c.embed([("ok.png", good), ("bad.png", bad)])
+    assert status == 200
+    assert body["data"][0]["tokens"] and body["data"][1]["error_type"] == "RuntimeError"
