@@ -12,9 +12,10 @@ from navit_deploy.errors import NavitError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="navit", description="NaViT: native-aspect ViT deployment toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
-    from navit_deploy.commands import bench_cmds, compile_cmds, core, deploy_cmds, import_cmds, quantize_cmds
+    from navit_deploy.commands import (bench_cmds, compile_cmds, core, deploy_cmds, import_cmds, quantize_cmds,
+                                       serve_cmds)
 
-    for module in (core, import_cmds, deploy_cmds, quantize_cmds, compile_cmds, bench_cmds):
+    for module in (core, import_cmds, deploy_cmds, quantize_cmds, compile_cmds, bench_cmds, serve_cmds):
         module.add_parsers(sub)
     return parser
 

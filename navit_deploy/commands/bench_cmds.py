@@ -62,6 +62,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="8 images per workload, 1 repeat, 15 streamed frames")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    s = p.add_argument_group("services (--serve, --embed; --repeats sets the rounds)")
+    s.add_argument("--serve", action="store_true",
+                   help="navit serve under concurrent loopback clients: cross-request packing vs one request per "
+                        "model call (workloads default to thumbnails, crops, mixed)")
+    s.add_argument("--embed", action="store_true", help="navit embed: one process vs Ray Data with --embed-actors")
+    s.add_argument("--clients", type=int, default=16, help="--serve: concurrent clients, one image per request")
+    s.add_argument("--requests-per-client", type=int, default=16, help="--serve: requests per client per round")
+    s.add_argument("--max-wait-ms", type=float, default=0.0, help="--serve: the packed server's --max-wait-ms")
+    s.add_argument("--embed-images", type=int, default=2000, help="--embed: image files to embed")
+    s.add_argument("--embed-actors", type=_ints, default=(1, 2), help="--embed: Ray actor counts (default 1,2)")
+    s.add_argument("--embed-batch", type=int, default=128, help="--embed: paths per batch")
+    s.add_argument("--embed-workload", default="mixed", help="--embed: the workload the files are rendered from")
     p.set_defaults(func=cmd_bench)
 
 
@@ -82,7 +94,57 @@ def config_from_args(args: argparse.Namespace):
                        pack_len=args.pack_len, bucket=args.bucket, seed=args.seed, plots=not args.no_plots)
 
 
+def cmd_service_bench(args: argparse.Namespace) -> int:
+    """``navit bench --serve`` / ``--embed``: writes OUT/serve_bench.json, OUT/embed_bench.json."""
+    import sys
+
+    from navit_deploy.bench.suite import _ensure_onnx
+    from navit_deploy.bench.workloads import WORKLOADS
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    onnx = Path(args.onnx) if args.onnx else _ensure_onnx(config_from_args(args), out, log)
+    reports = {}
+    if args.serve:
+        from navit_deploy.bench.serve_bench import SERVE_WORKLOADS, ServeBenchConfig, format_serve_table, run_serve_bench
+
+        workloads = SERVE_WORKLOADS if tuple(args.workloads) == tuple(WORKLOADS) else tuple(args.workloads)
+        cfg = ServeBenchConfig(onnx, workloads, args.clients, args.requests_per_client, args.repeats,
+                               args.num_images, args.max_wait_ms, args.seed)
+        reports["serve"] = run_serve_bench(cfg, log)
+        (out / "serve_bench.json").write_text(json.dumps(reports["serve"], indent=1, default=str))
+    if args.embed:
+        from navit_deploy.bench.embed_bench import EmbedBenchConfig, format_embed_table, run_embed_bench
+
+        ecfg = EmbedBenchConfig(onnx, out / "embed", args.embed_workload, args.embed_images,
+                                actors=tuple(args.embed_actors), batch_size=args.embed_batch, rounds=args.repeats,
+                                seed=args.seed)
+        reports["embed"] = run_embed_bench(ecfg, log)
+        (out / "embed_bench.json").write_text(json.dumps(reports["embed"], indent=1, default=str))
+    if args.json:
+        print(json.dumps(reports, indent=1, default=str))
+        return 0
+    meta = next(iter(reports.values()))["meta"]
+    print(f"machine: {meta['machine']}, {meta['cpu_count']} CPUs, Python {meta['python']}")
+    if "serve" in reports:
+        m = reports["serve"]["meta"]
+        print(f"\nnavit serve, {m['clients']} loopback clients, one image per request, {m['rounds']} interleaved "
+              f"rounds of {m['requests_per_client']} requests per client (max wait {m['max_wait_ms']:g} ms):\n")
+        print(format_serve_table(reports["serve"]))
+        for t in reports["serve"]["targets"]:
+            print(f"[{'PASS' if t['passed'] else 'MISS'}] {t['workload']:<11} {t['target']}: {t['value']}")
+    if "embed" in reports:
+        m = reports["embed"]["meta"]
+        print(f"\nnavit embed, {m['images']} {m['workload']} JPEG files, batch {m['batch_size']}, "
+              f"{m['rounds']} round(s):\n")
+        print(format_embed_table(reports["embed"]))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.serve or args.embed:
+        return cmd_service_bench(args)
     from navit_deploy.bench.measure import STRATEGIES
     from navit_deploy.bench.report import format_table, sweep_markdown, verdict
     from navit_deploy.bench.suite import run_bench

@@ -1,0 +1,227 @@
+"""``navit bench --serve``: the HTTP service under concurrent loopback clients, cross-request packing against
+the same server taking one request per model call.
+
+Two ``navit serve`` processes run side by side on 127.0.0.1, identical but for ``--batching`` (``packed``
+and ``per-request``). ``clients`` threads, each with its own keep-alive connection, send one image per
+request and the next as soon as the answer is back (a closed loop). Rounds alternate between the two
+servers (and which goes first), after a warm-up, so that drift of a shared machine hits both alike; the
+throughput ratio is taken round by round. Latency is per request, from sending to the parsed answer.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from navit_deploy.bench.workloads import Workload, make_workload, workload_sources
+from navit_deploy.serve.client import EmbeddingClient, metric_value
+
+SERVE_WORKLOADS = ("thumbnails", "crops", "mixed")
+MODES = ("packed", "per-request")
+TARGET_WORKLOADS = ("thumbnails", "crops")
+TARGET_SPEEDUP = 1.3
+
+
+@dataclass(frozen=True)
+class ServeBenchConfig:
+    """What ``navit bench --serve`` runs."""
+
+    onnx: Path
+    workloads: tuple[str, ...] = SERVE_WORKLOADS
+    clients: int = 16
+    requests_per_client: int = 16
+    rounds: int = 5
+    images: int = 64
+    max_wait_ms: float = 0.0
+    seed: int = 0
+
+
+@contextmanager
+def server_process(onnx: Path, workload: Workload, batching: str, max_wait_ms: float,
+                   start_timeout: float = 120.0) -> Iterator[int]:
+    """``navit serve`` for ``workload``'s budget on a free loopback port; yields the port; SIGTERM on leaving."""
+    cmd = [sys.executable, "-m", "navit_deploy.cli", "serve", "--onnx", str(onnx), "--port", "0",
+           "--batching", batching, "--max-wait-ms", str(max_wait_ms), "--max-patches", str(workload.max_patches)]
+    if not workload.upscale:
+        cmd.append("--no-upscale")
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in iter(proc.stdout.readline, "")],  # type: ignore[union-attr]
+                     daemon=True).start()
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            m = re.search(r"listening on http://[^:]+:(\d+)", line)
+            if m:
+                break
+        yield int(m.group(1))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def closed_loop(port: int, sources: Sequence[bytes], clients: int, per_client: int, offset: int = 0) -> dict[str, Any]:
+    """``clients`` threads, ``per_client`` one-image requests each, back to back. Throughput, latencies, and
+    what the server's metrics say about the model calls in between."""
+    with EmbeddingClient("127.0.0.1", port) as probe:
+        before = probe.metrics()
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    failures = [0] * clients
+    barrier = threading.Barrier(clients + 1, timeout=60)
+
+    def client(i: int) -> None:
+        with EmbeddingClient("127.0.0.1", port, timeout=120) as c:
+            c.request("GET", "/healthz")  # connect before the clock starts
+            barrier.wait()
+            for k in range(per_client):
+                img = sources[(offset + i * per_client + k) % len(sources)]
+                t = time.perf_counter()
+                status, _ = c.embed(img)
+                latencies[i].append(1000 * (time.perf_counter() - t))
+                failures[i] += status != 200
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    with EmbeddingClient("127.0.0.1", port) as probe:
+        after = probe.metrics()
+    delta = {k: metric_value(after, k) - metric_value(before, k)
+             for k in ("navit_packs_total", "navit_images_per_pack_sum", "navit_requests_per_pack_sum",
+                       "navit_pack_tokens_sum", "navit_queue_wait_seconds_sum", "navit_queue_wait_seconds_count")}
+    flat = [x for lat in latencies for x in lat]
+    packs = max(delta["navit_packs_total"], 1.0)
+    return {"requests": len(flat), "failed": sum(failures), "wall_s": wall, "images_per_s": len(flat) / wall,
+            "latency_ms": flat, "packs": int(delta["navit_packs_total"]),
+            "images_per_pack": delta["navit_images_per_pack_sum"] / packs,
+            "requests_per_pack": delta["navit_requests_per_pack_sum"] / packs,
+            "tokens_per_pack": delta["navit_pack_tokens_sum"] / packs,
+            "queue_wait_ms": 1000 * delta["navit_queue_wait_seconds_sum"]
+            / max(delta["navit_queue_wait_seconds_count"], 1.0)}
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def summarize(workload: str, rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Rows per mode (median round's throughput, latency percentiles over every round's requests) and the
+    packed / per-request ratios, throughput paired round by round."""
+    rows = {}
+    for mode, runs in rounds.items():
+        lat = [x for r in runs for x in r["latency_ms"]]
+        rows[mode] = {"workload": workload, "batching": mode,
+                      "images_per_s": float(np.median([r["images_per_s"] for r in runs])),
+                      "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "requests": len(lat),
+                      "failed": sum(r["failed"] for r in runs),
+                      "images_per_pack": float(np.mean([r["images_per_pack"] for r in runs])),
+                      "requests_per_pack": float(np.mean([r["requests_per_pack"] for r in runs])),
+                      "tokens_per_pack": float(np.mean([r["tokens_per_pack"] for r in runs])),
+                      "queue_wait_ms": float(np.mean([r["queue_wait_ms"] for r in runs])),
+                      "rounds_images_per_s": [round(r["images_per_s"], 2) for r in runs]}
+    a, b = rounds["packed"], rounds["per-request"]
+    paired = [x["images_per_s"] / y["images_per_s"] for x, y in zip(a, b)]
+    p99 = [_pct(x["latency_ms"], 99) / _pct(y["latency_ms"], 99) for x, y in zip(a, b)]
+    ratio = {"workload": workload, "throughput_x": float(np.median(paired)), "throughput_x_rounds": paired,
+             "p50_x": rows["packed"]["p50_ms"] / rows["per-request"]["p50_ms"],
+             "p99_x": rows["packed"]["p99_ms"] / rows["per-request"]["p99_ms"], "p99_x_rounds": p99}
+    return {"rows": [rows[m] for m in MODES], "ratio": ratio}
+
+
+def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every workload: both servers, a warm-up, then ``rounds`` interleaved closed-loop rounds."""
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    results = []
+    for name in cfg.workloads:
+        wl = make_workload(name, cfg.images, cfg.seed)
+        sources = workload_sources(wl, "jpeg", cfg.seed)
+        log(f"[serve {name}] {len(sources)} JPEGs, budget {wl.max_patches}, {cfg.clients} clients x "
+            f"{cfg.requests_per_client} requests x {cfg.rounds} rounds per server")
+        with ExitStack() as stack:
+            ports = {m: stack.enter_context(server_process(cfg.onnx, wl, m, cfg.max_wait_ms)) for m in MODES}
+            for m in MODES:  # warm-up: sessions, thread pools, connections
+                closed_loop(ports[m], sources, cfg.clients, 2)
+            rounds: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
+            for r in range(max(1, cfg.rounds)):
+                for m in (MODES if r % 2 == 0 else MODES[::-1]):
+                    run = closed_loop(ports[m], sources, cfg.clients, cfg.requests_per_client, offset=r)
+                    rounds[m].append(run)
+                    log(f"  round {r + 1} {m:<11} {run['images_per_s']:7.1f} img/s  p99 "
+                        f"{_pct(run['latency_ms'], 99):7.1f} ms  {run['images_per_pack']:.2f} img/pack")
+        results.append(summarize(name, rounds))
+    return {"meta": machine(cfg), "workloads": results, "targets": targets(results)}
+
+
+def targets(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cross-request packing >= 1.3x the throughput at no worse p99, on thumbnails and crops."""
+    out = []
+    for res in results:
+        r = res["ratio"]
+        if r["workload"] in TARGET_WORKLOADS:
+            ok = r["throughput_x"] >= TARGET_SPEEDUP and r["p99_x"] <= 1.0
+            out.append({"workload": r["workload"], "target": f">= {TARGET_SPEEDUP}x images/s at p99 <= 1.0x",
+                        "value": f"{r['throughput_x']:.2f}x images/s, p99 {r['p99_x']:.2f}x", "passed": ok})
+    return out
+
+
+def machine(cfg: ServeBenchConfig) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    return {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(), "onnxruntime": version("onnxruntime"),
+            "uvicorn": version("uvicorn"), "starlette": version("starlette"), "http": _installed("httptools", "h11"),
+            "loop": _installed("uvloop", "asyncio"), "onnx": str(cfg.onnx),
+            "clients": cfg.clients, "requests_per_client": cfg.requests_per_client, "rounds": cfg.rounds,
+            "max_wait_ms": cfg.max_wait_ms, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _installed(module: str, otherwise: str) -> str:
+    """What uvicorn's ``auto`` picks: ``module`` when it is installed."""
+    from importlib.util import find_spec
+
+    return module if find_spec(module) else otherwise
+
+
+def format_serve_table(report: dict[str, Any]) -> str:
+    """The rows and the ratios as a Markdown table."""
+    lines = ["| workload | batching | images/s | p50 ms | p99 ms | images / model call | requests / model call "
+             "| queue wait ms |", "|---|---|---|---|---|---|---|---|"]
+    for res in report["workloads"]:
+        for r in res["rows"]:
+            lines.append(f"| {r['workload']} | {r['batching']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} "
+                         f"| {r['p99_ms']:.1f} | {r['images_per_pack']:.2f} | {r['requests_per_pack']:.2f} "
+                         f"| {r['queue_wait_ms']:.2f} |")
+    lines += ["", "| workload | packed / per-request: images/s, median of paired rounds (range) | p50 | p99, all "
+              "requests (range of rounds) |", "|---|---|---|---|"]
+    for res in report["workloads"]:
+        r = res["ratio"]
+        lo, hi = min(r["throughput_x_rounds"]), max(r["throughput_x_rounds"])
+        plo, phi = min(r["p99_x_rounds"]), max(r["p99_x_rounds"])
+        lines.append(f"| {r['workload']} | **{r['throughput_x']:.2f}x** ({lo:.2f}-{hi:.2f}) | {r['p50_x']:.2f}x "
+                     f"| {r['p99_x']:.2f}x ({plo:.2f}-{phi:.2f}) |")
+    return "\n".join(lines)
