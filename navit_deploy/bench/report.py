@@ -113,6 +113,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                    f"{s['achieved_fps']} FPS ({'keeps up' if s['keeps_up'] else 'falls behind'}), latency p50 "
                    f"{s['latency_p50_ms']} ms, p95 {s['latency_p95_ms']} ms, p99 {s['latency_p99_ms']} ms; "
                    f"service time {s['service_ms_mean']} ms/frame (sustainable ~{s['sustainable_fps']} FPS).")]
+    if report.get("peers"):
+        from navit_deploy.bench.peers import peers_markdown
+
+        lines += ["", peers_markdown(report["peers"])]
     if report.get("host_breakdown"):
         lines += ["", "## Host preprocessing breakdown (one thread, ms/image)", "",
                   ("| workload | decode | EXIF orient + copy | resize | patchify | normalize | dominant "

@@ -84,6 +84,7 @@ class BenchConfig:
     seed: int = 0
     plots: bool = True
     breakdown_images: int = 6
+    peers: tuple[str, ...] = ()  # "transformers": the source library's own path on the same weights and images
 
 
 def _model_config(model: str):
@@ -484,6 +485,11 @@ def _run(cfg: BenchConfig, out_dir: Path | None, workdir: Path, log: Callable[[s
 
     for b in backends:
         b.close()
+    peers = None
+    if cfg.peers:
+        from navit_deploy.bench.peers import run_peers
+
+        peers = run_peers(cfg.model, onnx, cfg.onnx_int8, cfg.n, cfg.repeats, cfg.seed, cfg.peers, log)
     # The peak is measured again at the end and the best kept: a shared machine rarely gives it twice.
     peak_end = gemm_peak_gflops()
     if peak_end > peak:
@@ -512,6 +518,7 @@ def _run(cfg: BenchConfig, out_dir: Path | None, workdir: Path, log: Callable[[s
         "targets": evaluate_targets(rows),
         "sweep": sweep, "sweep_best": best_sweep(sweep) if sweep else [],
         "streaming": streaming,
+        "peers": peers,
         "host_breakdown": breakdown,
         "plots": [],
     }

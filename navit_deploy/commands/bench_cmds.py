@@ -59,6 +59,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream-fps", type=float, default=30.0, help="camera stream: frame rate")
     p.add_argument("--stream-frames", type=int, default=60, help="camera stream: frames (0: no streaming run)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--peers", type=_csv, default=(),
+                   help="also time the source library's own path on the same weights and JPEG files: 'transformers' "
+                        "(SigLIP 2 checkpoints: its processor + Siglip2VisionModel, sdpa/eager, batch 8/32)")
     p.add_argument("--quick", action="store_true", help="8 images per workload, 1 repeat, 15 streamed frames")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
@@ -91,7 +94,8 @@ def config_from_args(args: argparse.Namespace):
                        repeats=repeats, warmup=args.warmup, threads=args.threads, workers=args.workers,
                        input_format=args.input_format, sweep_pack_len=tuple(args.sweep_pack_len),
                        sweep_backends=tuple(args.sweep_backends), stream_fps=args.stream_fps, stream_frames=frames,
-                       pack_len=args.pack_len, bucket=args.bucket, seed=args.seed, plots=not args.no_plots)
+                       pack_len=args.pack_len, bucket=args.bucket, seed=args.seed, plots=not args.no_plots,
+                       peers=tuple(args.peers))
 
 
 def cmd_service_bench(args: argparse.Namespace) -> int:
@@ -167,6 +171,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if s:
         print(f"\ncamera stream: {s['frames']} frames at {s['target_fps']} FPS -> {s['achieved_fps']} FPS, latency p50 "
               f"{s['latency_p50_ms']} ms p99 {s['latency_p99_ms']} ms, service {s['service_ms_mean']} ms/frame")
+    if report.get("peers"):
+        from navit_deploy.bench.peers import peers_markdown
+
+        print("\n" + peers_markdown(report["peers"]))
     print()
     for t in report["targets"]:
         for c in t["checks"]:
