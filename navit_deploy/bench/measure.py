@@ -111,16 +111,27 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MiB: ``VmHWM`` (since the last reset) or ``ru_maxrss``."""
+def _status_mb(field: str) -> float | None:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB; None where there is no /proc."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB: ``VmHWM`` (since the last reset) or ``ru_maxrss``."""
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, MiB (Linux ``VmRSS``; 0 where there is no /proc)."""
+    return _status_mb("VmRSS") or 0.0
 
 
 # ---------------------------------------------------------------------------------------------- timing
