@@ -113,6 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         runner = TorchRunner(args.model or "builtin", attention="segment")
         frontend = runner.model.config.frontend
         what = args.model or "builtin"
+    _check_labels(runner, args.data)
     data = load_dataset(args.data, "test", args.size)
     with runner:
         report = evaluate(Pipeline(runner, frontend), data, progress=not args.json)
@@ -121,6 +122,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{what}: held-out top-1 {report.top1:.4f} on {report.images} images ({report.failed} failed)")
     return 0
+
+
+def _check_labels(runner, data: str) -> None:
+    """Eval needs a classifier, and the procedural set's labels are the builtin model's 8 classes."""
+    from navit_deploy.data.procedural import CLASSES
+    from navit_deploy.errors import ConfigError
+
+    if hasattr(runner, "artifact"):
+        has_logits, labels = runner.artifact.has_logits, tuple(runner.artifact.labels)
+    else:
+        has_logits, labels = bool(runner.model.config.num_classes), runner.model.config.label_names()
+    if not has_logits:
+        raise ConfigError("this model has no classifier (an embedding model): there is no top-1 to evaluate; "
+                          "use navit parity (against its reference) or navit bench")
+    if data == "procedural" and labels != tuple(CLASSES):
+        raise ConfigError(f"the procedural held-out set is labelled with the builtin model's {len(CLASSES)} classes, "
+                          f"this model has {len(labels)} others; pass --data FOLDER (root/<class>/ images, classes in "
+                          "the model's order)")
 
 
 def cmd_pack(args: argparse.Namespace) -> int:

@@ -104,3 +104,12 @@ def test_cli_import_then_parity_against_pytorch(siglip_dirs, files, tmp_path, ca
     assert main(["parity", "--model", str(tmp_path / "mine"), "--onnx", str(onnx_path), "--images", folder, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [c["check"] for c in out["checks"]] == ["pytorch", "packing invariance"] and out["passed"]
+
+
+def test_eval_needs_labels_that_the_model_has(siglip_dirs, vit_dir, capsys):
+    from navit_deploy.cli import main
+
+    assert main(["eval", "--model", str(siglip_dirs["vision"][0])]) == 2
+    assert "no classifier" in capsys.readouterr().err
+    assert main(["eval", "--model", str(vit_dir[0]), "--size", "2"]) == 2
+    assert "pass --data FOLDER" in capsys.readouterr().err
