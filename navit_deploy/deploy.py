@@ -56,6 +56,8 @@ def deploy(model: str, out: Path, images: str | None = None, quick: bool = False
     quant = _quantize(model, out, parity_set, eval_size=100 if quick else 300)
     report["quantization"] = quant["rows"]
     report["parity"] += quant["parity"]
+    report["compile"], engine_parity = _compile(model, out, parity_set)
+    report["parity"] += engine_parity
     report["bench"] = bench_summary(model, out / "navit.dense.onnx", quick=quick,
                                     onnx_int8=out / f"navit.dense.{ORT_CPU_INT8}.onnx", out=out / "bench")
     report["passed"] = all(p["passed"] for p in report["parity"]) and all(q.get("passed", True) for q in quant["rows"])
@@ -97,6 +99,41 @@ def _quantize(model: str, out: Path, parity_set: list, eval_size: int) -> dict[s
         for run in run_parity(model, str(res.path), parity_set):
             parity.append(_parity_row(f"dense {name}", "onnxruntime-cpu", run))
     return {"rows": rows, "parity": parity}
+
+
+# What deploy compiles where TensorRT exists: the dense FP32 export (any TensorRT), the plugin export, and the
+# symmetric INT8 model (explicit Q/DQ, what TensorRT 10 and 11 build INT8 engines from).
+ENGINES = (("dense", "navit.dense.onnx"), ("trt-plugin", "navit.trt-plugin.onnx"), ("dense int8", "navit.dense.int8.onnx"))
+
+
+def _compile(model: str, out: Path, parity_set: list) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """TensorRT engines of the exports, each held to the same references, or why not (no TensorRT here)."""
+    from navit_deploy.compile import trt_env
+    from navit_deploy.errors import BackendUnavailableError, NavitError
+
+    try:
+        trt_env.import_tensorrt()
+        trt_env.import_cudart()
+    except BackendUnavailableError as exc:
+        return {"skipped": str(exc)}, []
+    from navit_deploy.compile.engine import CompileRequest, compile_engine
+    from navit_deploy.parity_run import run_parity
+
+    rows, parity = [], []
+    for name, onnx in ENGINES:
+        if not (out / onnx).is_file():
+            continue
+        try:
+            res = compile_engine(CompileRequest(out / onnx, out / onnx.replace(".onnx", ".engine")))
+            for run in run_parity(model, str(res.engine_path), parity_set):
+                parity.append(_parity_row(f"tensorrt {name}", "tensorrt", run))
+        except NavitError as exc:  # e.g. no plugin library built: say so, keep the other engines
+            rows.append({"engine": name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        rows.append({"engine": name, "file": res.engine_path.name, "mb": round(res.engine_path.stat().st_size / 1e6, 2),
+                     "precision": res.info.precision, "tensorrt": res.info.tensorrt_version,
+                     "gpu": res.info.gpu.describe(), "build_s": round(res.info.build_seconds, 1)})
+    return {"engines": rows}, parity
 
 
 def _agreement(p: dict[str, Any]) -> str:
@@ -168,6 +205,13 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines += ["", "*int8*: symmetric int8 activations, what TensorRT builds INT8 engines from; *int8-u8*: "
                   "uint8 activations, ONNX Runtime's faster integer GEMM on x86 CPUs (used for the benchmark's "
                   "INT8 rows). Both keep LayerNorm, softmax, GELU, the attention scores and the pooling head in FP32."]
+    comp = r.get("compile") or {}
+    lines += ["", "## TensorRT engines", ""]
+    if comp.get("skipped"):
+        lines.append(f"Not compiled: {comp['skipped']}")
+    for e in comp.get("engines", []):
+        lines.append(f"- {e['engine']}: " + (e["error"] if "error" in e else
+                     f"{e['file']} ({e['mb']} MB, {e['precision']}, TensorRT {e['tensorrt']} on {e['gpu']}, {e['build_s']} s)"))
     lines += ["", "Reference kernels check the graph around custom nodes (wiring, shapes, cumulative lengths, "
               "token offsets); the real TensorRT plugin, TensorRT's TRT_Attention and ONNX Runtime's CUDA "
               "PackedMultiHeadAttention kernels need a GPU.", "",

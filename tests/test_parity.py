@@ -48,3 +48,20 @@ def test_many_near_tie_flips_cannot_hide_a_broken_model():
     cand = [_result(i, [0.0, 2.0, -1.0]) for i in range(10)]
     rep = compare(ref, cand, "int8")
     assert not rep.passed and rep.summary["top1_agreement_decisive"] == 0.0
+
+
+def test_deploy_says_why_no_engine_was_compiled(tmp_path, monkeypatch):
+    """Without TensorRT, deploy's compile stage reports the reason instead of failing or staying silent."""
+    import navit_deploy.compile.trt_env as trt_env
+    from navit_deploy.deploy import _compile, render_markdown
+    from navit_deploy.errors import BackendUnavailableError
+
+    def missing():
+        raise BackendUnavailableError("TensorRT is not installed here (test)")
+
+    monkeypatch.setattr(trt_env, "import_tensorrt", missing)
+    comp, parity = _compile("builtin", tmp_path, [])
+    assert comp == {"skipped": "TensorRT is not installed here (test)"} and parity == []
+    md = render_markdown({"model": "m", "weights_sha256": "0" * 64, "machine": "x", "processor": "y", "passed": True,
+                          "exports": [], "parity": [], "compile": comp})
+    assert "Not compiled: TensorRT is not installed here (test)" in md
