@@ -37,6 +37,11 @@ class FrontendConfig:
     front end); ``"convert"`` is plain ``PIL.Image.convert("RGB")`` after the EXIF transpose, as
     ``transformers.image_utils.load_image`` does (alpha dropped), so imported models see their
     reference pixels. Numpy frames follow the same rule.
+
+    Qwen2-VL / Qwen2.5-VL towers: ``temporal_patch_size`` frames per patch (a still image repeated; the
+    patch vector is ``(c, t, py, px)``, as ``Qwen2VLImageProcessor`` flattens it) and ``merge_size`` (the
+    patch merger's block side: sides are multiples of ``patch_size * merge_size`` and each
+    ``merge_size x merge_size`` block of patches is contiguous in the patch order). Both are 1 elsewhere.
     """
 
     patch_size: int = 16
@@ -56,6 +61,8 @@ class FrontendConfig:
     reducing_gap: float | None = 3.0
     jpeg_draft: bool = True
     to_rgb: Literal["composite", "convert"] = "composite"
+    temporal_patch_size: int = 1
+    merge_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -77,13 +84,16 @@ class FrontendConfig:
             raise ConfigError("mean/std must have one value per channel")
         if self.square_grid < 0 or self.square_grid > self.max_grid:
             raise ConfigError(f"square_grid must be in [0, max_grid={self.max_grid}], got {self.square_grid}")
+        if self.temporal_patch_size < 1 or self.merge_size < 1:
+            raise ConfigError(f"need temporal_patch_size >= 1 and merge_size >= 1, got "
+                              f"{self.temporal_patch_size}, {self.merge_size}")
         if any(s <= 0 for s in self.std):
             raise ConfigError("std values must be positive")
 
     @property
     def patch_dim(self) -> int:
-        """Length of one flattened patch vector (C*p*p)."""
-        return self.channels * self.patch_size * self.patch_size
+        """Length of one flattened patch vector (C*T*p*p; T, the temporal patch, is 1 except for Qwen-VL)."""
+        return self.channels * self.temporal_patch_size * self.patch_size * self.patch_size
 
     @property
     def max_tokens_per_image(self) -> int:
