@@ -37,9 +37,17 @@ class PreparedImage:
         return PreparedImage(self.patches[keep], self.coords[keep], self.grid, self.resized_size, self.original_size)
 
 
-def grid_coords(grid_h: int, grid_w: int) -> np.ndarray:
-    """Row-major (row, col) coordinates of a ``grid_h x grid_w`` patch grid, int64 ``[gh*gw, 2]``."""
+def grid_coords(grid_h: int, grid_w: int, merge: int = 1) -> np.ndarray:
+    """(row, col) coordinates of a ``grid_h x grid_w`` patch grid, int64 ``[gh*gw, 2]``, in row-major order,
+    or with ``merge > 1`` in the order of ``Qwen2VLImageProcessor``: ``merge x merge`` blocks row-major over
+    the block grid, each block contiguous and row-major inside (both sides must be multiples of ``merge``)."""
+    if grid_h % merge or grid_w % merge:
+        raise ValueError(f"grid {grid_h}x{grid_w} is not a multiple of merge={merge}")
     rows, cols = np.meshgrid(np.arange(grid_h, dtype=np.int64), np.arange(grid_w, dtype=np.int64), indexing="ij")
+    if merge > 1:
+        shape = (grid_h // merge, merge, grid_w // merge, merge)
+        rows = rows.reshape(shape).transpose(0, 2, 1, 3)
+        cols = cols.reshape(shape).transpose(0, 2, 1, 3)
     return np.stack([rows.ravel(), cols.ravel()], axis=1)
 
 
