@@ -185,7 +185,38 @@ def write_plots(report: dict[str, Any], out: Path, picture: dict[str, Any] | Non
         fig.savefig(paths[-1], dpi=90)
         plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = throughput_figure(report)
+    paths.append(out / "throughput_vs_pack_len.png")
+    fig.savefig(paths[-1], dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+    if picture and picture.get("packs"):
+        from navit_deploy.packing.visualize import draw_packs
+
+        n = max(picture["names"]) + 1 if picture["names"] else 0
+        names = [picture["names"].get(i, "") for i in range(n)]
+        # Packs sharing several images first: they show what packing does; the rest hold one image each.
+        packs = sorted(picture["capacity_packs"], key=lambda p: -p.num_images)[:16]
+        title = (f"packs.png: workload '{picture['workload']}', {len(picture['packs'])} packs of its default packing "
+                 f"({picture['packing']}), drawn at capacity{' (first 16)' if len(packs) < len(picture['capacity_packs']) else ''}")
+        paths.append(draw_packs(packs, out / "packs.png", names=names, title=title))
+    return paths
+
+
+_MARKERS = "osv^DPX*<>ph"
+
+
+def throughput_figure(report: dict[str, Any]):
+    """The images/s vs pack length figure: the sweep's lines, or one point per strategy and workload (colour:
+    workload, marker: strategy). Legends sit outside the axes and no point carries a text label, so no label
+    can overlap another."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     if report.get("sweep"):
         for key in dict.fromkeys((r["workload"], r["backend_key"], r["cut"]) for r in report["sweep"]
                                  if r["config"] != "per-image"):
@@ -196,34 +227,29 @@ def write_plots(report: dict[str, Any], out: Path, picture: dict[str, Any] | Non
         for r in report["sweep"]:
             if r["config"] == "per-image":
                 ax.axhline(r["images_per_s"], color="grey", linewidth=0.6)
-        ax.set_xscale("log", base=2)
         ax.set_xlabel("pack capacity (tokens)")
-        ax.set_ylabel("images/s")
         ax.set_title("throughput vs pack length (grey: one image per pack)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     else:
-        for wl in workloads:
+        rows = [r for r in report["rows"] if r.get("measured") and r.get("mean_pack_len")]
+        workloads = list(dict.fromkeys(r["workload"] for r in rows))
+        strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, wl in enumerate(workloads):
             rs = [r for r in rows if r["workload"] == wl and r["backend_key"] == "ort-cpu"] or \
                  [r for r in rows if r["workload"] == wl]
-            ax.scatter([r["mean_pack_len"] for r in rs], [r["images_per_s"] for r in rs], label=wl)
             for r in rs:
-                ax.annotate(r["strategy"], (r["mean_pack_len"], r["images_per_s"]), fontsize=6)
-        ax.set_xscale("log", base=2)
+                ax.scatter(r["mean_pack_len"], r["images_per_s"], color=colours[i % len(colours)],
+                           marker=_MARKERS[strategies.index(r["strategy"]) % len(_MARKERS)], s=36)
+        handles = [Line2D([], [], color=colours[i % len(colours)], marker="o", linestyle="", label=f"workload {wl}")
+                   for i, wl in enumerate(workloads)]
+        handles += [Line2D([], [], color="black", marker=_MARKERS[j % len(_MARKERS)], linestyle="",
+                           label=f"strategy {s}") for j, s in enumerate(strategies)]
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         ax.set_xlabel("mean pack length (tokens)")
-        ax.set_ylabel("images/s")
-        ax.set_title("throughput vs pack length by strategy (run --sweep-pack-len for a sweep)")
+        ax.set_title("throughput vs pack length by strategy (run --sweep-pack-len for a sweep)", fontsize=9)
+    ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.legend(fontsize=6)
+    ax.set_ylabel("images/s")
     fig.tight_layout()
-    paths.append(out / "throughput_vs_pack_len.png")
-    fig.savefig(paths[-1], dpi=90)
-    plt.close(fig)
-
-    if picture and picture.get("packs"):
-        from navit_deploy.packing.visualize import draw_packs
-
-        n = max(picture["names"]) + 1 if picture["names"] else 0
-        names = [picture["names"].get(i, "") for i in range(n)]
-        # Packs sharing several images first: they show what packing does; the rest hold one image each.
-        packs = sorted(picture["capacity_packs"], key=lambda p: -p.num_images)[:16]
-        paths.append(draw_packs(packs, out / "packs.png", names=names))
-    return paths
+    return fig
