@@ -43,7 +43,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategies", type=_csv, default=STRATEGIES, help=f"comma list of {', '.join(STRATEGIES)}")
     p.add_argument("--backends", type=_csv, default=DEFAULT_BACKENDS,
                    help=f"comma list of {', '.join(BACKEND_NAMES)} (unavailable ones are skipped with the reason)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds per strategy, interleaved (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes over a few images per strategy")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument("--workers", type=int, default=None, help="front-end threads (default: the pipeline's)")
@@ -58,12 +58,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep-backends", type=_csv, default=("ort-cpu",), help="backends for the sweep (default ort-cpu)")
     p.add_argument("--stream-fps", type=float, default=30.0, help="camera stream: frame rate")
     p.add_argument("--stream-frames", type=int, default=60, help="camera stream: frames (0: no streaming run)")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--peers", type=_csv, default=(),
                    help="also time the source library's own path on the same weights and JPEG files: 'transformers' "
                         "(SigLIP 2 checkpoints: its processor + Siglip2VisionModel, sdpa/eager, batch 8/32)")
     p.add_argument("--quick", action="store_true", help="8 images per workload, 1 repeat, 15 streamed frames")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the rendered workload images")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     p.add_argument("--check", action="store_true",
                    help="exit 1 when any target is missed (a MISS line), so CI can gate on the benchmark")

@@ -27,7 +27,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "GET /metrics. Images of concurrent requests wait at most --max-wait-ms and "
                                    "share model calls. Needs the serve extra.")
     _model_args(p)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed at start)")
     p.add_argument("--max-wait-ms", type=float, default=0.0,
                    help="longest an image waits for a fuller pack when a model slot is free (default 0: run what "
@@ -40,7 +40,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="front-end threads (default: min(4, cores))")
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds to finish queued requests on SIGTERM before they are cancelled")
-    p.add_argument("--log-level", default="warning")
+    p.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("embed", help="embed a collection of images into Parquet (resumable; --ray for Ray Data)",

@@ -209,5 +209,6 @@ def _check_pixels(size: tuple[int, int], limit: int, name: str) -> None:
     if w * h > limit:
         raise ImageTooLargeError(
             f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {limit} (decompression-bomb guard); "
-            "downscale it first or raise max_image_pixels"
+            "downscale it first or raise the limit (FrontendConfig.max_image_pixels; navit infer/pack "
+            "--max-image-pixels)"
         )

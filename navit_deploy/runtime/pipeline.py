@@ -220,7 +220,8 @@ class Pipeline:
                     stats.frontend_cpu_s += time.thread_time() - cpu0
         if prepared.num_tokens > self.packer.pack_len:
             return ImageResult(index, name, error=f"{name}: {prepared.num_tokens} tokens exceed the pack length "
-                               f"{self.packer.pack_len}; lower the budget or raise the pack length",
+                               f"{self.packer.pack_len}; lower the budget or raise the pack length (navit infer "
+                               "--max-patches / --pack-len)",
                                error_type="BudgetError")
         return prepared
 
