@@ -152,3 +152,17 @@ def test_hints_name_flags_the_cli_has(exported, pngs, tmp_path, capsys):
     assert "--reference-ops" in capsys.readouterr().err
     assert main(["infer", "--onnx", plugin, pngs[0], "--reference-ops", "--json"]) == 0
     capsys.readouterr()
+
+
+def test_infer_json_reports_the_files_size_and_units(exported, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "big.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (700, 1411, 3), dtype=np.uint8)).save(path)
+    assert main(["infer", "--onnx", str(exported("dense")), str(path), "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)[0]
+    assert entry["original_size"] == [1411, 700]
+    gh, gw = entry["grid"]
+    assert entry["resized_size"] == [gw * 16, gh * 16]  # grid rows x cols, sizes width x height
+    assert "rows x cols" in entry["units"]["grid"] and "width x height" in entry["units"]["original_size"]

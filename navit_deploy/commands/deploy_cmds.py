@@ -102,6 +102,11 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in runs) else 1
 
 
+# How to read ``navit infer --json``'s sizes; said in each result, as the numbers alone do not tell.
+INFER_UNITS = {"grid": "patches, rows x cols", "resized_size": "pixels, width x height, what the model saw",
+               "original_size": "pixels, width x height, the file (EXIF orientation applied)"}
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from navit_deploy.runtime.open import open_runner, pipeline_for
 
@@ -113,6 +118,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
         results = pipeline_for(runner, artifact, frontend=fe, pack_len=args.pack_len).run(args.images)
     labels = artifact.labels
     entries = [r.to_json(labels, k=args.top_k) for r in results]
+    for e in entries:
+        if "error" not in e:
+            e["units"] = INFER_UNITS
     if args.json:
         print(json.dumps(entries, indent=1))
     else:

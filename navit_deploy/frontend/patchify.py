@@ -9,7 +9,7 @@ from PIL import Image
 
 from navit_deploy.frontend.budget import target_size
 from navit_deploy.frontend.config import FrontendConfig
-from navit_deploy.frontend.loading import ImageSource, ChannelOrder, load_image
+from navit_deploy.frontend.loading import ImageSource, ChannelOrder, load_image, source_size
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -26,7 +26,7 @@ class PreparedImage:
     coords: np.ndarray
     grid: tuple[int, int]  # (grid_h, grid_w)
     resized_size: tuple[int, int]  # (width, height) after the budgeted resize
-    original_size: tuple[int, int]  # (width, height) as decoded
+    original_size: tuple[int, int]  # (width, height) of the file, EXIF orientation applied, before a reduced-scale decode
 
     @property
     def num_tokens(self) -> int:
@@ -105,7 +105,7 @@ def prepare_pil(img: Image.Image, cfg: FrontendConfig) -> PreparedImage:
         coords=grid_coords(gh, gw),
         grid=(gh, gw),
         resized_size=(tw, th),
-        original_size=(width, height),
+        original_size=source_size(img),
     )
 
 
