@@ -28,8 +28,9 @@ QUANT_MIN_MEAN_COSINE = 0.99  # embedding models (no labels): quantized vs FP32
 
 # Expected seconds of each stage of the builtin model on the reference machine (2 shared x86 cores; see the
 # README): the job bar's weights, so its estimate of the time left follows the slow stages.
-STAGE_SECONDS = {"export": 5.0, "parity": 4.0, "quantize": 7.0, "quantized parity": 2.0, "compile": 1.0,
-                 "bench": 60.0, "bench full": 320.0}
+# Measured: README "Set up and run" (quick 52 s, full 633 s with other jobs on half the CPUs).
+STAGE_SECONDS = {"export": 5.0, "parity": 3.5, "quantize": 8.0, "quantized parity": 2.0, "compile": 1.0,
+                 "bench": 25.0, "bench full": 450.0}
 
 
 class _Stages:
