@@ -243,8 +243,9 @@ def render_markdown(r: dict[str, Any]) -> str:
         names = ", ".join(dict.fromkeys(refkern))
         lines += ["", f"*Reference kernels (CPU)*: {names} express attention as a custom node that no ONNX Runtime "
                       "CPU kernel runs (TensorRT's plugin or TRT_Attention, ONNX Runtime's CUDA "
-                      "PackedMultiHeadAttention). Here those nodes run one numpy reference kernel "
-                      "(`navit_deploy/runtime/reference_ops.py`: attention within each image, in float64), and the "
+                      "PackedMultiHeadAttention). Here those nodes run numpy reference kernels "
+                      "(`navit_deploy/runtime/reference_ops.py`: one per operator, each the same attention within "
+                      "each image, in float64), and the "
                       "rest of each graph is the same ONNX Runtime CPU ops as the dense export. So these rows agree "
                       "with each other exactly and with the dense row to float rounding: they prove each graph's "
                       "wiring (shapes, cumulative lengths, token offsets), not the GPU kernels' arithmetic."]

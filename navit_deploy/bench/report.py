@@ -284,8 +284,13 @@ def throughput_figure(report: dict[str, Any]):
         ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         ax.set_xlabel("mean pack length (tokens)")
         ax.set_title("throughput vs pack length by strategy (run --sweep-pack-len for a sweep)", fontsize=9)
+    from matplotlib.ticker import LogFormatter
+
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    for axis, base in ((ax.xaxis, 2), (ax.yaxis, 10)):  # plain numbers (e.g. 56, 256), not 5.6x10^1, 2^8
+        axis.set_major_formatter(LogFormatter(base=base, labelOnlyBase=False))
+        axis.set_minor_formatter(LogFormatter(base=base, labelOnlyBase=False, minor_thresholds=(1, 0.4)))
     ax.set_ylabel("images/s")
     fig.tight_layout()
     return fig

@@ -46,7 +46,7 @@ def test_deploy_report_explains_its_numbers():
 
     md = render_markdown(_deploy_report(busy=True))
     assert "## Quantization (300 held-out images" in md and "1,000" in md
-    assert "*Reference kernels (CPU)*: trt-plugin" in md and "agree" in md and "numpy reference kernel" in md
+    assert "*Reference kernels (CPU)*: trt-plugin" in md and "agree" in md and "numpy reference kernels" in md
     assert "[latency.png](bench/latency.png)" in md and "![packs.png](bench/packs.png)" in md
     assert "Warning: the machine was busy" in md and "other processes used 60% of the CPUs" in md
     assert "## Time per stage (65 s in all)" in md and "| benchmark | 60 |" in md
