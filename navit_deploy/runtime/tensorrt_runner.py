@@ -193,7 +193,8 @@ class TensorRTRunner(Runner):
         trt, cudart, env, ctx = self._trt, self._cudart, self._env, self._context
         if int(feed["coords"].max(initial=0)) >= self.max_grid:
             raise InputValidationError(f"patch coordinate {int(feed['coords'].max())} is outside the model's "
-                                       f"{self.max_grid}x{self.max_grid} positional table; lower the budget")
+                                       f"{self.max_grid}x{self.max_grid} positional table; lower the budget "
+                                       "(max_patches: navit infer --max-patches)")
         tokens, images = int(feed["patches"].shape[0]), int(feed["cu_seqlens"].shape[0]) - 1
         index = choose_profile(self.profiles, tokens, images)
         self._set_profile(index)
