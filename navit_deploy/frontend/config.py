@@ -102,7 +102,17 @@ class FrontendConfig:
             return self.square_grid * self.square_grid
         if self.budget in ("max_patches", "naflex"):
             return self.max_patches
+        if self.merge_size > 1:  # the processor's rule may go over max_pixels on thin or tiny images
+            from navit_deploy.frontend.budget import smart_resize_max_pixels
+
+            factor = self.patch_size * self.merge_size
+            return smart_resize_max_pixels(factor, self.min_pixels, self.max_pixels) // (self.patch_size ** 2)
         return self.max_pixels // (self.patch_size * self.patch_size)
+
+    @property
+    def tokens_per_merged_token(self) -> int:
+        """Patch tokens per visual token after the model's patch merger (``merge_size ** 2``; 1 without one)."""
+        return self.merge_size * self.merge_size
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
