@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from navit_deploy.commands.budget_args import add_pixel_budget_args, budget_frontend
 from navit_deploy.export.lowerings import LOWERINGS
 
 
@@ -43,8 +42,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--provider", default="cpu")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--pack-len", type=int, default=None)
-    p.add_argument("--max-patches", type=int, default=None, help="per-image token budget (default: the model's)")
-    add_pixel_budget_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_infer)
 
@@ -86,8 +83,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     runner, artifact = open_runner(args.onnx, provider=args.provider)
     with runner:
-        results = pipeline_for(runner, artifact, frontend=budget_frontend(args, artifact.frontend),
-                               pack_len=args.pack_len).run(args.images)
+        results = pipeline_for(runner, artifact, pack_len=args.pack_len).run(args.images)
     labels = artifact.labels
     entries = [r.to_json(labels, k=args.top_k) for r in results]
     if args.json:

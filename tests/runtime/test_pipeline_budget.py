@@ -72,7 +72,7 @@ def test_cli_budget_flags(tmp_path):
     from navit_deploy.commands.budget_args import budget_frontend
     from navit_deploy.cli import build_parser
 
-    args = build_parser().parse_args(["infer", "--onnx", "m.onnx", "a.jpg", "--max-pixels", "1048576"])
+    args = build_parser().parse_args(["serve", "--onnx", "m.onnx", "--max-pixels", "1048576"])
     assert budget_frontend(args, QWEN).max_pixels == 1 << 20
     args = build_parser().parse_args(["embed", "x", "--onnx", "m.onnx", "--out", str(tmp_path), "--min-pixels", "3136"])
     assert budget_frontend(args, QWEN) == QWEN.replace(min_pixels=3136)
