@@ -23,7 +23,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from navit_deploy.errors import ImageError
@@ -201,6 +201,17 @@ class Pipeline:
     prefetch: int = 2
     trim_memory: bool = True
     stats: PipelineStats = field(default_factory=PipelineStats)
+
+    def with_budget(self, *, max_patches: int | None = None, upscale: bool | None = None,
+                    min_pixels: int | None = None, max_pixels: int | None = None) -> "Pipeline":
+        """A pipeline on the same runner at another per-image budget (see :meth:`FrontendConfig.with_budget`),
+        for one call: ``pipe.with_budget(max_pixels=1024 * 1024).run(images)``. Its packs are lengthened when
+        a full-budget image would no longer fit one; its counters are its own."""
+        fe = self.frontend.with_budget(max_patches=max_patches, upscale=upscale, min_pixels=min_pixels,
+                                       max_pixels=max_pixels)
+        need = fe.max_tokens_per_image
+        packer = self.packer if need <= self.packer.pack_len else replace(self.packer, pack_len=need)
+        return replace(self, frontend=fe, packer=packer, stats=PipelineStats())
 
     def prepare(self, index: int, src: ImageSource, stats: PipelineStats | None = None) -> PreparedImage | ImageResult:
         """Front end for one image; an error result instead of an exception for a bad image (or an input of a
