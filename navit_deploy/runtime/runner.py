@@ -18,8 +18,8 @@ from navit_deploy.packing import PackedBatch
 INPUT_NAMES = ("patches", "coords", "segment_ids", "cu_seqlens")
 WINDOW_INPUTS = ("window_segment_ids", "window_cu_seqlens")  # windowed VLM towers take these two more
 OUTPUT_NAMES = ("embeddings", "logits")  # a model without a classifier has the first one only
-INPUT_DTYPES = {"patches": np.float32, "coords": np.int64, "segment_ids": np.int64, "cu_seqlens": np.int32,
-                "window_segment_ids": np.int64, "window_cu_seqlens": np.int32}
+INPUT_DTYPES = {"patches": np.float32, "coords": np.int64, "segment_ids": np.int64, "cu_seqlens": np.int32}
+WINDOW_DTYPES = {"window_segment_ids": np.int64, "window_cu_seqlens": np.int32}
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def validate_inputs(feed: dict[str, np.ndarray], patch_dim: int, limits: PackLim
     if missing or extra:
         raise InputValidationError(f"feed must have exactly {list(names)}; missing {missing}, unexpected {extra}")
     for name in names:
-        dtype = INPUT_DTYPES[name]
+        dtype = {**INPUT_DTYPES, **WINDOW_DTYPES}[name]
         if feed[name].dtype != dtype:
             raise InputValidationError(f"input {name!r} must be {np.dtype(dtype).name}, got {feed[name].dtype}")
     patches, coords, seg, cu = (feed[n] for n in INPUT_NAMES)
