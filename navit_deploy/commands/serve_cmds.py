@@ -131,7 +131,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         from navit_deploy.embed.local import model_artifact
         from navit_deploy.embed.ray_embed import embed_with_ray
 
-        fe = _frontend(args, model_artifact(path))
+        art = model_artifact(path)
+        art.require_pooled("navit embed")
+        fe = _frontend(args, art)
         summary = embed_with_ray(paths, path, args.out, address=args.ray, actors=args.actors,
                                  cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
                                  batch_size=args.batch_size, provider=args.provider, frontend=fe,
@@ -140,6 +142,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         from navit_deploy.embed.local import embed_paths, output_metadata
 
         runner, artifact, make_pipeline, _ = _open(args)
+        artifact.require_pooled("navit embed")
         with runner:
             pipe = make_pipeline()
             summary = embed_paths(paths, pipe, args.out, output_metadata(path, artifact, pipe.frontend),

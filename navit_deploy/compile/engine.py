@@ -154,6 +154,11 @@ def plan_compile(req: CompileRequest) -> CompilePlan:
         raise ConfigError(f"--device must be >= 0, got {req.device}")
     model = read_onnx_summary(req.onnx)
     art = model.artifact
+    if art.output_kind == "tokens":
+        raise ConfigError(f"{req.onnx} is a VLM vision tower (merged-token output, {len(art.inputs)} inputs): navit "
+                          "compile does not build its engine yet, because its optimization profiles need the window "
+                          "axis (window_cu_seqlens) and the tokens output, which no TensorRT here could verify. "
+                          "Run it with ONNX Runtime (`navit infer`/`navit parity`) meanwhile")
     needs_plugin = check_lowering(art.lowering)
     check_head_dim(art.lowering, art.head_dim)
     notes = []
