@@ -53,7 +53,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         from navit_deploy.runtime.artifact import read_artifact
 
         meta = {p.key: p.value for p in onnx.load(args.onnx, load_external_data=False).metadata_props}
-        frontend = read_artifact(args.onnx, meta).frontend.replace(max_patches=args.max_patches)
+        frontend = read_artifact(args.onnx, meta).frontend.with_budget(max_patches=args.max_patches)
     res = quantize_model(args.onnx, args.out, args.precision, calib=args.calib, max_images=args.max_images,
                          method=args.method, keep_fp32=args.keep_fp32, op_types=args.op_types,
                          activations=args.activations, per_channel=not args.per_tensor, eval_size=args.eval_size,
