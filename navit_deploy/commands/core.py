@@ -180,8 +180,14 @@ def pack_target(model: str) -> tuple[Any, str, str, int]:
         art = read_artifact(model)
         backend = "tensorrt" if Path(model).suffix in ENGINE_SUFFIXES else "cpu"
         return art.frontend, art.lowering, backend, art.max_images
-    from navit_deploy.model.weights import model_config
+    try:
+        from navit_deploy.model.weights import model_config
+    except ImportError:  # a runtime-only install (no torch): project model directories still have a config.json
+        from navit_deploy.model.config import NaViTConfig
 
+        cfg_path = (Path(__file__).resolve().parents[1] / "assets" / "builtin" if model == "builtin"
+                    else Path(model)) / "config.json"
+        return NaViTConfig.load(cfg_path).frontend, "dense", "cpu", 64
     return model_config(model).frontend, "dense", "cpu", 64
 
 

@@ -83,10 +83,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from navit_deploy.export.onnx_export import export_onnx
     from navit_deploy.model.weights import load_model, model_digest
 
+    from navit_deploy.console import without_torchvision_warning
+
     model = load_model(args.model)
     digest = model_digest(args.model)
-    res = export_onnx(model, args.out, lowering=args.attention, weights_sha256=digest, pack_len=args.pack_len,
-                      max_images=args.max_images, opset=args.opset)
+    with without_torchvision_warning():
+        res = export_onnx(model, args.out, lowering=args.attention, weights_sha256=digest, pack_len=args.pack_len,
+                          max_images=args.max_images, opset=args.opset)
     print(f"exported {args.model} -> {res.path} ({args.attention}, {res.path.stat().st_size / 1e6:.1f} MB, "
           f"{res.seconds:.1f} s); runs on: {LOWERINGS[args.attention].tensorrt}")
     return 0
@@ -143,6 +146,6 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from navit_deploy.deploy import deploy
 
-    report = deploy(args.model, Path(args.out), images=args.images, quick=args.quick)
+    report = deploy(args.model, Path(args.out), images=args.images, quick=args.quick, progress=args.progress)
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0 if report["passed"] else 1
