@@ -11,7 +11,8 @@ TABLE_COLUMNS = [  # (header, key, format)
     ("workload", "workload", "{}"), ("strategy", "strategy", "{}"), ("backend", "backend", "{}"),
     ("prec", "precision", "{}"), ("attn", "lowering", "{}"), ("img/s", "images_per_s", "{:.2f}"),
     ("model img/s", "model_images_per_s", "{:.2f}"),
-    ("tok/img", "computed_tokens_per_image", "{:.0f}"), ("pad", "padding_fraction", "{:.1%}"),
+    ("tok/img", "computed_tokens_per_image", "{:.0f}"), ("merged tok/img", "merged_tokens_per_image", "{:.0f}"),
+    ("pad", "padding_fraction", "{:.1%}"),
     ("attn x", "attention_waste", "{:.2f}"), ("p50 ms", "p50_ms", "{:.1f}"), ("p99 ms", "p99_ms", "{:.1f}"),
     ("pack p50", "pack_p50_ms", "{:.1f}"), ("host", "host_fraction", "{:.1%}"),
     ("host cpu", "host_cpu_fraction", "{:.0%}"),
@@ -22,7 +23,8 @@ TABLE_COLUMNS = [  # (header, key, format)
 
 COLUMN_NOTES = ("*host*: share of the end-to-end time in which the model was not running (the front end runs in "
                 "threads overlapped with the model, so this is the host on the critical path); *host cpu*: the "
-                "front end's share of the process's CPU time; *model img/s*: the default strategy's packs run "
+                "front end's share of the process's CPU time; *merged tok/img* (VLM towers): visual tokens per image after "
+                "the patch merger (patch tokens / merge_size^2), what the image costs in the language model's prompt; *model img/s*: the default strategy's packs run "
                 "again without the front end (the model's own throughput); *attn x*: attention scores computed / the "
                 "per-image ideal; *pack p50*: median model time per pack.")
 
@@ -43,8 +45,17 @@ def _cells(row: dict[str, Any], columns=TABLE_COLUMNS) -> list[str]:
     return cells
 
 
+# Columns shown only when some row has a value (models without a patch merger have no merged tokens).
+OPTIONAL_COLUMNS = ("merged_tokens_per_image",)
+
+
+def _present(rows: Sequence[dict[str, Any]], columns) -> list:
+    return [c for c in columns if c[1] not in OPTIONAL_COLUMNS or any(r.get(c[1]) is not None for r in rows)]
+
+
 def format_table(rows: Sequence[dict[str, Any]], columns=TABLE_COLUMNS) -> str:
     """A fixed-width table for the terminal (``*``: estimated, not measured)."""
+    columns = _present(rows, columns)
     head = [c[0] for c in columns]
     body = [_cells(r, columns) for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
@@ -53,7 +64,7 @@ def format_table(rows: Sequence[dict[str, Any]], columns=TABLE_COLUMNS) -> str:
 
 
 def rows_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    cols = [c for c in TABLE_COLUMNS if c[1] not in ("peak_rss_mb",)]
+    cols = [c for c in _present(rows, TABLE_COLUMNS) if c[1] not in ("peak_rss_mb",)]
     out = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         out.append("| " + " | ".join(_cells(r, cols)) + " |")
@@ -185,7 +196,38 @@ def write_plots(report: dict[str, Any], out: Path, picture: dict[str, Any] | Non
         fig.savefig(paths[-1], dpi=90)
         plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = throughput_figure(report)
+    paths.append(out / "throughput_vs_pack_len.png")
+    fig.savefig(paths[-1], dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+    if picture and picture.get("packs"):
+        from navit_deploy.packing.visualize import draw_packs
+
+        n = max(picture["names"]) + 1 if picture["names"] else 0
+        names = [picture["names"].get(i, "") for i in range(n)]
+        # Packs sharing several images first: they show what packing does; the rest hold one image each.
+        packs = sorted(picture["capacity_packs"], key=lambda p: -p.num_images)[:16]
+        title = (f"packs.png: workload '{picture['workload']}', {len(picture['packs'])} packs of its default packing "
+                 f"({picture['packing']}), drawn at capacity{' (first 16)' if len(packs) < len(picture['capacity_packs']) else ''}")
+        paths.append(draw_packs(packs, out / "packs.png", names=names, title=title))
+    return paths
+
+
+_MARKERS = "osv^DPX*<>ph"
+
+
+def throughput_figure(report: dict[str, Any]):
+    """The images/s vs pack length figure: the sweep's lines, or one point per strategy and workload (colour:
+    workload, marker: strategy). Legends sit outside the axes and no point carries a text label, so no label
+    can overlap another."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     if report.get("sweep"):
         for key in dict.fromkeys((r["workload"], r["backend_key"], r["cut"]) for r in report["sweep"]
                                  if r["config"] != "per-image"):
@@ -196,34 +238,29 @@ def write_plots(report: dict[str, Any], out: Path, picture: dict[str, Any] | Non
         for r in report["sweep"]:
             if r["config"] == "per-image":
                 ax.axhline(r["images_per_s"], color="grey", linewidth=0.6)
-        ax.set_xscale("log", base=2)
         ax.set_xlabel("pack capacity (tokens)")
-        ax.set_ylabel("images/s")
         ax.set_title("throughput vs pack length (grey: one image per pack)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     else:
-        for wl in workloads:
+        rows = [r for r in report["rows"] if r.get("measured") and r.get("mean_pack_len")]
+        workloads = list(dict.fromkeys(r["workload"] for r in rows))
+        strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, wl in enumerate(workloads):
             rs = [r for r in rows if r["workload"] == wl and r["backend_key"] == "ort-cpu"] or \
                  [r for r in rows if r["workload"] == wl]
-            ax.scatter([r["mean_pack_len"] for r in rs], [r["images_per_s"] for r in rs], label=wl)
             for r in rs:
-                ax.annotate(r["strategy"], (r["mean_pack_len"], r["images_per_s"]), fontsize=6)
-        ax.set_xscale("log", base=2)
+                ax.scatter(r["mean_pack_len"], r["images_per_s"], color=colours[i % len(colours)],
+                           marker=_MARKERS[strategies.index(r["strategy"]) % len(_MARKERS)], s=36)
+        handles = [Line2D([], [], color=colours[i % len(colours)], marker="o", linestyle="", label=f"workload {wl}")
+                   for i, wl in enumerate(workloads)]
+        handles += [Line2D([], [], color="black", marker=_MARKERS[j % len(_MARKERS)], linestyle="",
+                           label=f"strategy {s}") for j, s in enumerate(strategies)]
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         ax.set_xlabel("mean pack length (tokens)")
-        ax.set_ylabel("images/s")
-        ax.set_title("throughput vs pack length by strategy (run --sweep-pack-len for a sweep)")
+        ax.set_title("throughput vs pack length by strategy (run --sweep-pack-len for a sweep)", fontsize=9)
+    ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.legend(fontsize=6)
+    ax.set_ylabel("images/s")
     fig.tight_layout()
-    paths.append(out / "throughput_vs_pack_len.png")
-    fig.savefig(paths[-1], dpi=90)
-    plt.close(fig)
-
-    if picture and picture.get("packs"):
-        from navit_deploy.packing.visualize import draw_packs
-
-        n = max(picture["names"]) + 1 if picture["names"] else 0
-        names = [picture["names"].get(i, "") for i in range(n)]
-        # Packs sharing several images first: they show what packing does; the rest hold one image each.
-        packs = sorted(picture["capacity_packs"], key=lambda p: -p.num_images)[:16]
-        paths.append(draw_packs(packs, out / "packs.png", names=names))
-    return paths
+    return fig

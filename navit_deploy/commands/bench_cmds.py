@@ -43,7 +43,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategies", type=_csv, default=STRATEGIES, help=f"comma list of {', '.join(STRATEGIES)}")
     p.add_argument("--backends", type=_csv, default=DEFAULT_BACKENDS,
                    help=f"comma list of {', '.join(BACKEND_NAMES)} (unavailable ones are skipped with the reason)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds per strategy, interleaved (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes over a few images per strategy")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: ORT's)")
     p.add_argument("--workers", type=int, default=None, help="front-end threads (default: the pipeline's)")
@@ -58,13 +58,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep-backends", type=_csv, default=("ort-cpu",), help="backends for the sweep (default ort-cpu)")
     p.add_argument("--stream-fps", type=float, default=30.0, help="camera stream: frame rate")
     p.add_argument("--stream-frames", type=int, default=60, help="camera stream: frames (0: no streaming run)")
-    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--peers", type=_csv, default=(),
                    help="also time the source library's own path on the same weights and JPEG files: 'transformers' "
                         "(SigLIP 2 checkpoints: its processor + Siglip2VisionModel, sdpa/eager, batch 8/32)")
     p.add_argument("--quick", action="store_true", help="8 images per workload, 1 repeat, 15 streamed frames")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the rendered workload images")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when any target is missed (a MISS line), so CI can gate on the benchmark")
     s = p.add_argument_group("services (--serve, --embed; --repeats sets the rounds)")
     s.add_argument("--serve", action="store_true",
                    help="navit serve under concurrent loopback clients: cross-request packing vs one request per "
@@ -98,6 +100,26 @@ def config_from_args(args: argparse.Namespace):
                        peers=tuple(args.peers))
 
 
+def missed_targets(report: dict) -> list[str]:
+    """``workload: target`` of every missed target of a ``navit bench`` report (or of ``--serve``'s report)."""
+    from navit_deploy.bench.report import verdict
+
+    missed = [f"{t['workload']}: {c['target']}" for t in report.get("targets", []) for c in t.get("checks", [])
+              if verdict(c) == "MISS"]
+    missed += [f"{t['workload']}: {t['target']}" for t in report.get("serve", {}).get("targets", []) if not t["passed"]]
+    return missed
+
+
+def _exit_code(args: argparse.Namespace, report: dict) -> int:
+    """0, or with ``--check`` 1 when a target was missed (named on stderr)."""
+    import sys
+
+    missed = missed_targets(report) if args.check else []
+    if missed:
+        print(f"navit bench --check: {len(missed)} target(s) missed: " + "; ".join(missed), file=sys.stderr)
+    return 1 if missed else 0
+
+
 def cmd_service_bench(args: argparse.Namespace) -> int:
     """``navit bench --serve`` / ``--embed``: writes OUT/serve_bench.json, OUT/embed_bench.json."""
     import sys
@@ -128,7 +150,7 @@ def cmd_service_bench(args: argparse.Namespace) -> int:
         (out / "embed_bench.json").write_text(json.dumps(reports["embed"], indent=1, default=str))
     if args.json:
         print(json.dumps(reports, indent=1, default=str))
-        return 0
+        return _exit_code(args, reports)
     meta = next(iter(reports.values()))["meta"]
     print(f"machine: {meta['machine']}, {meta['cpu_count']} CPUs, Python {meta['python']}")
     if "serve" in reports:
@@ -143,7 +165,7 @@ def cmd_service_bench(args: argparse.Namespace) -> int:
         print(f"\nnavit embed, {m['images']} {m['workload']} JPEG files, batch {m['batch_size']}, "
               f"{m['rounds']} round(s):\n")
         print(format_embed_table(reports["embed"]))
-    return 0
+    return _exit_code(args, reports)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -162,7 +184,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = run_bench(config_from_args(args))
     if args.json:
         print(json.dumps(report, indent=1, default=str))
-        return 0
+        return _exit_code(args, report)
     print(format_table(report["rows"]))
     if report["sweep"]:
         print()
@@ -185,4 +207,4 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"skipped {s.get('key') or s.get('strategy')}: {s['reason']}")
     print(f"\nwrote {Path(args.out) / 'bench.json'}, {Path(args.out) / 'bench.md'}"
           + (f", {', '.join(report['plots'])}" if report["plots"] else ""))
-    return 0
+    return _exit_code(args, report)

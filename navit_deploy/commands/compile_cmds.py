@@ -42,8 +42,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("engine-info", help="show what an engine was built for, and whether it runs here")
     p.add_argument("engine", help="a TensorRT engine built by navit compile")
-    p.add_argument("--device", type=int, default=0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", type=int, default=0, help="CUDA device to check the engine against (default 0)")
+    p.add_argument("--json", action="store_true", help="print the description as JSON (errors too, on stdout)")
     p.set_defaults(func=cmd_engine_info)
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from navit_deploy.errors import ImageError
 
@@ -13,18 +14,20 @@ from navit_deploy.errors import ImageError
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a NaViT (or the square ViT baseline) on packed batches")
     p.add_argument("--out", required=True, help="output directory (model.safetensors, config.json, checkpoints)")
-    p.add_argument("--mode", choices=["navit", "vit"], default="navit")
+    p.add_argument("--mode", choices=["navit", "vit"], default="navit",
+                   help="navit: native aspect, resolution sampling, token dropping, packing (default); vit: the "
+                        "square-resize ViT baseline")
     p.add_argument("--data", default="procedural", help="'procedural' or an image folder root/<class>/<images>")
     p.add_argument("--tokens", type=int, default=2_000_000, help="training compute, in tokens processed")
-    p.add_argument("--dim", type=int, default=192)
-    p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--dim", type=int, default=192, help="model width (default 192)")
+    p.add_argument("--depth", type=int, default=6, help="transformer layers (default 6)")
     p.add_argument("--heads", type=int, default=3, help="attention heads (head dim = dim / heads)")
     p.add_argument("--max-patches", type=int, default=256, help="per-image token budget (upper end of resolution sampling)")
     p.add_argument("--min-patches", type=int, default=48, help="lower end of per-image resolution sampling")
     p.add_argument("--square-grid", type=int, default=16, help="vit mode: square side in patches")
     p.add_argument("--drop-max", type=float, default=0.5, help="max token-drop rate (rate ~ drop_max * Beta(1,3))")
-    p.add_argument("--lr", type=float, default=1.5e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate (AdamW, warm-up then cosine)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and the sampling")
     p.add_argument("--no-resume", action="store_true", help="start over even if out/ckpt exists")
     p.add_argument("--workers", type=int, default=1, help="data-loading worker processes")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
@@ -37,17 +40,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="procedural", help="'procedural' (held-out split) or an image folder root/<class>/")
     p.add_argument("--size", type=int, default=None, help="number of held-out images (default: the full test split)")
     p.add_argument("--provider", default="cpu", help="ONNX Runtime provider for --onnx: cpu or cuda")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON (errors too, on stdout)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("pack", help="packing statistics (and a picture) for a set of images")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--pack-len", type=int, default=1024)
-    p.add_argument("--max-images", type=int, default=64)
-    p.add_argument("--max-patches", type=int, default=256)
-    p.add_argument("--patch-size", type=int, default=16)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--png", default=None, help="write a picture of the packs")
+    p = sub.add_parser("pack", help="packing statistics (and a picture) for a set of images",
+                       description="Packs the images as the runtime would for --model (navit infer on its export): "
+                                   "the model's front end (token budget, patch size) and the runtime's packing "
+                                   "policy for its lowering (dense mask: packs of up to max(budget, 256) tokens, cut "
+                                   "to their fill; TensorRT: cut to multiples of 64). Each option overrides one part.")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--model", default="builtin",
+                   help="'builtin' (default), a model directory, or an exported .onnx / TensorRT engine whose "
+                        "front end and packing to use")
+    p.add_argument("--pack-len", type=int, default=None,
+                   help="fixed packs of N tokens, padded (as navit infer --pack-len); default: the runtime's policy")
+    p.add_argument("--max-images", type=int, default=None, help="images per pack (default: the model's, 64)")
+    p.add_argument("--max-patches", type=int, default=None, help="per-image token budget (default: the model's)")
+    p.add_argument("--patch-size", type=int, default=None, help="patch side in pixels (default: the model's)")
+    p.add_argument("--max-image-pixels", type=int, default=None,
+                   help="decompression-bomb limit in pixels (default: the model's, 89,478,485)")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON (errors too, on stdout)")
+    p.add_argument("--png", default=None, help="write a picture of the packs (PNG) to this path")
     p.set_defaults(func=cmd_pack)
 
 
@@ -148,11 +161,44 @@ def _check_labels(runner, data: str) -> None:
                           "the model's order)")
 
 
-def cmd_pack(args: argparse.Namespace) -> int:
-    from navit_deploy.frontend import FrontendConfig, prepare_image
-    from navit_deploy.packing import Packer, padding_fraction
+def pack_target(model: str) -> tuple[Any, str, str, int]:
+    """What the runtime would use for ``model``: (front end, attention lowering, backend, images per pack).
 
-    fe = FrontendConfig(patch_size=args.patch_size, max_patches=args.max_patches)
+    An exported ``.onnx`` or engine carries its own; a model directory (or ``builtin``) is taken as its dense
+    export on ONNX Runtime CPU, what ``navit deploy``'s ``navit.dense.onnx`` runs on.
+    """
+    from navit_deploy.runtime.open import ENGINE_SUFFIXES
+
+    if Path(model).suffix in (".onnx", *ENGINE_SUFFIXES):
+        from navit_deploy.errors import ArtifactMismatchError
+        from navit_deploy.runtime.artifact import read_artifact
+
+        if not Path(model).is_file():
+            raise ArtifactMismatchError(f"model file not found: {model}")
+        art = read_artifact(model)
+        backend = "tensorrt" if Path(model).suffix in ENGINE_SUFFIXES else "cpu"
+        return art.frontend, art.lowering, backend, art.max_images
+    from navit_deploy.model.weights import model_config
+
+    return model_config(model).frontend, "dense", "cpu", 64
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from navit_deploy.errors import ConfigError
+    from navit_deploy.frontend import prepare_image
+    from navit_deploy.packing import Packer, padding_fraction, recommended_packing
+    from navit_deploy.packing.policy import describe_packer
+
+    if args.png and not Path(args.png).resolve().parent.is_dir():
+        raise ConfigError(f"--png {args.png}: the folder {Path(args.png).parent} does not exist; create it or write "
+                          "the picture elsewhere")
+    frontend, lowering, backend, max_images = pack_target(args.model)
+    changes = {k: v for k, v in (("max_patches", args.max_patches), ("patch_size", args.patch_size),
+                                 ("max_image_pixels", args.max_image_pixels)) if v is not None}
+    fe = frontend.replace(**changes) if changes else frontend
+    max_images = args.max_images or max_images
+    packer = (Packer(args.pack_len, max_images) if args.pack_len else
+              recommended_packing(fe.max_tokens_per_image, lowering, backend, max_images))
     prepared, errors, names = [], [], []
     for path in args.images:
         try:
@@ -160,29 +206,37 @@ def cmd_pack(args: argparse.Namespace) -> int:
             names.append(path)
         except ImageError as exc:
             errors.append({"path": path, "error": str(exc), "error_type": type(exc).__name__})
-    packer = Packer(args.pack_len, args.max_images)
     packs = packer.pack(prepared) if prepared else []
     pad = padding_fraction(packs)
     report = {
+        "model": args.model,
+        "budget": fe.max_tokens_per_image,
+        "packing": describe_packer(packer),
         "images": len(prepared),
         "packs": len(packs),
-        "pack_len": args.pack_len,
+        "pack_len": packer.pack_len,
         "padding_fraction": round(pad, 6),
         "tokens": sum(p.num_tokens for p in prepared),
         "per_image": [{"path": n, "tokens": p.num_tokens, "grid": list(p.grid), "resized_size": list(p.resized_size)}
                       for n, p in zip(names, prepared)],
-        "per_pack": [{"images": [names[i] for i in pk.image_index.tolist()], "valid_tokens": pk.num_valid} for pk in packs],
+        "per_pack": [{"images": [names[i] for i in pk.image_index.tolist()], "tokens": pk.pack_len,
+                      "valid_tokens": pk.num_valid} for pk in packs],
         "errors": errors,
     }
     if args.png and packs:
         from navit_deploy.packing.visualize import draw_packs
 
-        draw_packs(packs, args.png, names=[Path(n).name for n in names])
+        try:
+            draw_packs(packs, args.png, names=[Path(n).name for n in names],
+                       title=f"{len(prepared)} images, {describe_packer(packer)}")
+        except (OSError, ValueError) as exc:  # unwritable path, unknown image extension
+            raise ConfigError(f"--png {args.png}: cannot write the picture ({exc})") from exc
         report["png"] = args.png
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        print(f"{len(prepared)} images -> {len(packs)} packs of {args.pack_len} tokens, padding {pad:.2%}")
+        print(f"{len(prepared)} images -> {len(packs)} packs ({describe_packer(packer)}; budget "
+              f"{fe.max_tokens_per_image} tokens per image), padding {pad:.2%}")
         for e in errors:
             print(f"  error: {e['path']}: {e['error']}", file=sys.stderr)
     return 1 if errors else 0

@@ -10,6 +10,17 @@ from pathlib import Path
 from navit_deploy.export.lowerings import LOWERINGS
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a NaViT to ONNX with dynamic token/image axes")
     p.add_argument("--model", default="builtin", help="'builtin' or a model directory")
@@ -27,29 +38,42 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="builtin", help="'builtin', a model directory, or a SigLIP 2 / vit-pytorch checkpoint")
     p.add_argument("--onnx", required=True, help="an exported .onnx model or a TensorRT engine")
     p.add_argument("--images", default=None, help="folder of images (default: the builtin real+generated samples)")
-    p.add_argument("--provider", default="cpu")
+    p.add_argument("--provider", default="cpu", help="ONNX Runtime provider: cpu (default) or cuda")
     p.add_argument("--precision", default=None, help="thresholds to apply (default: the artifact's precision)")
     p.add_argument("--reference-ops", action="store_true",
                    help="run custom-node lowerings on CPU with reference kernels (validation only)")
     p.add_argument("--no-source", action="store_true",
                    help="for imported models: compare with the converted PyTorch model, not the source library")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON (errors too, on stdout)")
     p.set_defaults(func=cmd_parity)
 
     p = sub.add_parser("infer", help="run an exported model on image files")
     p.add_argument("--onnx", required=True, help="an exported .onnx model or a TensorRT engine")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--provider", default="cpu")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--pack-len", type=int, default=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--provider", default="cpu", help="ONNX Runtime provider: cpu (default) or cuda")
+    p.add_argument("--top-k", type=positive_int, default=3, help="labels to show per image (default 3; >= 1)")
+    p.add_argument("--pack-len", type=positive_int, default=None,
+                   help="fixed packs of N tokens, padded (default: the runtime's packing policy for the model)")
+    p.add_argument("--max-patches", type=positive_int, default=None,
+                   help="per-image token budget (default: the model's; within its positional table, max_grid)")
+    p.add_argument("--max-image-pixels", type=positive_int, default=None,
+                   help="decompression-bomb limit in pixels (default: the model's, 89,478,485)")
+    p.add_argument("--reference-ops", action="store_true",
+                   help="run custom-node lowerings (trt-plugin, ort-packed, trt-native) on CPU with reference "
+                        "kernels (validation only, slow)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per image (sizes are width x height, grid is rows x cols; errors "
+                        "too, on stdout)")
     p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("deploy", help="export, check parity and profile in one go; writes DIR/report.md")
-    p.add_argument("--model", default="builtin")
-    p.add_argument("--out", required=True)
+    p.add_argument("--model", default="builtin",
+                   help="'builtin' (default), a model directory, or a SigLIP 2 / vit-pytorch NaViT checkpoint")
+    p.add_argument("--out", required=True, help="output directory (exports, engines, report.md, report.json)")
     p.add_argument("--images", default=None, help="parity images (default: builtin samples)")
     p.add_argument("--quick", action="store_true", help="fewer images and repeats in the latency profile")
+    p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                   help="progress of each stage on stderr (auto: when stderr is a terminal)")
     p.set_defaults(func=cmd_deploy)
 
 
@@ -78,14 +102,25 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in runs) else 1
 
 
+# How to read ``navit infer --json``'s sizes; said in each result, as the numbers alone do not tell.
+INFER_UNITS = {"grid": "patches, rows x cols", "resized_size": "pixels, width x height, what the model saw",
+               "original_size": "pixels, width x height, the file (EXIF orientation applied)"}
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from navit_deploy.runtime.open import open_runner, pipeline_for
 
-    runner, artifact = open_runner(args.onnx, provider=args.provider)
+    runner, artifact = open_runner(args.onnx, provider=args.provider, reference_ops=args.reference_ops)
+    changes = {k: v for k, v in (("max_patches", args.max_patches), ("max_image_pixels", args.max_image_pixels))
+               if v is not None}
+    fe = artifact.frontend.replace(**changes) if changes else None
     with runner:
-        results = pipeline_for(runner, artifact, pack_len=args.pack_len).run(args.images)
+        results = pipeline_for(runner, artifact, frontend=fe, pack_len=args.pack_len).run(args.images)
     labels = artifact.labels
     entries = [r.to_json(labels, k=args.top_k) for r in results]
+    for e in entries:
+        if "error" not in e:
+            e["units"] = INFER_UNITS
     if args.json:
         print(json.dumps(entries, indent=1))
     else:

@@ -12,7 +12,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Writes OUT, its OUT.json sidecar (precision set) and OUT's .accuracy.json report "
                                    "(held-out top-1 and agreement against the FP32 model).")
     p.add_argument("--onnx", required=True, help="the FP32 export (navit export)")
-    p.add_argument("--precision", required=True, choices=["int8", "fp16"])
+    p.add_argument("--precision", required=True, choices=["int8", "fp16"],
+                   help="int8: calibrated Q/DQ model; fp16: FP16 weights and compute")
     p.add_argument("--out", required=True, help="output .onnx path")
     p.add_argument("--calib", default=None,
                    help="INT8: folder of calibration images (default: builtin samples + procedural train split)")

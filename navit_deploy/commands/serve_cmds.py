@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from navit_deploy.commands.budget_args import add_pixel_budget_args, budget_frontend
+
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     model = p.add_mutually_exclusive_group(required=True)
@@ -17,6 +19,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-patches", type=int, default=None, help="per-image token budget (default: the model's)")
     p.add_argument("--no-upscale", dest="upscale", action="store_false", default=None,
                    help="never enlarge images past their native size")
+    add_pixel_budget_args(p)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "GET /metrics. Images of concurrent requests wait at most --max-wait-ms and "
                                    "share model calls. Needs the serve extra.")
     _model_args(p)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed at start)")
     p.add_argument("--max-wait-ms", type=float, default=0.0,
                    help="longest an image waits for a fuller pack when a model slot is free (default 0: run what "
@@ -40,7 +43,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="front-end threads (default: min(4, cores))")
     p.add_argument("--graceful-timeout", type=float, default=30.0,
                    help="seconds to finish queued requests on SIGTERM before they are cancelled")
-    p.add_argument("--log-level", default="warning")
+    p.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("embed", help="embed a collection of images into Parquet (resumable; --ray for Ray Data)",
@@ -74,8 +77,7 @@ def _open(args: argparse.Namespace):
 
 
 def _frontend(args: argparse.Namespace, artifact):
-    changes = {k: v for k, v in (("max_patches", args.max_patches), ("upscale", args.upscale)) if v is not None}
-    return artifact.frontend.replace(**changes) if changes else None
+    return budget_frontend(args, artifact.frontend)
 
 
 def _need(module: str, extra: str, what: str) -> None:

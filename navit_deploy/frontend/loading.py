@@ -72,11 +72,15 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
 
 
 def _convert(img: Image.Image, name: str) -> Image.Image:
-    """``PIL.Image.convert("RGB")``, as ``transformers.image_utils.load_image`` does (alpha is dropped)."""
-    if img.mode == "RGB":
-        return img
+    """``PIL.Image.convert("RGB")``, as ``transformers.image_utils.load_image`` does (alpha is dropped), then what
+    the processors' ``convert_to_rgb`` does to that: an image that still carries a ``transparency`` key (a
+    palette or grey PNG with a tRNS chunk keeps it through ``convert``) has the key colour composited on white."""
     try:
-        return img.convert("RGB")
+        rgb = img if img.mode == "RGB" else img.convert("RGB")
+        if rgb.info.get("transparency") is None:
+            return rgb
+        background = Image.new("RGBA", rgb.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgb.convert("RGBA")).convert("RGB")
     except (ValueError, OSError) as exc:
         raise ImageDecodeError(f"{name}: cannot convert image mode {img.mode!r} to RGB ({exc})") from exc
 
@@ -147,6 +151,7 @@ def load_image(
     else:
         img = _open(src, name, max_image_pixels)
     _check_pixels(img.size, max_image_pixels, name)
+    stored = img.size  # before a reduced-scale draft, in the file's own orientation
     if draft_to is not None and img.format == "JPEG":
         _draft(img, draft_to)
     try:
@@ -155,7 +160,8 @@ def load_image(
         # Pillow still finds too large while decoding raises DecompressionBombError.
         img.load()
         # exif_transpose copies the whole image even when there is nothing to rotate: skip that case.
-        if img.getexif().get(0x0112, 1) != 1:
+        orientation = img.getexif().get(0x0112, 1)
+        if orientation != 1:
             img = ImageOps.exif_transpose(img)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{name}: {exc}") from exc
@@ -163,7 +169,22 @@ def load_image(
         raise ImageDecodeError(f"{name}: corrupt or truncated image data ({exc})") from exc
     if img.size[0] == 0 or img.size[1] == 0:
         raise ImageDecodeError(f"{name}: image has zero size {img.size}")
-    return _rgb(img, name, to_rgb)
+    out = _rgb(img, name, to_rgb)
+    if out is not src:  # never write into the caller's own PIL image
+        out.info[SOURCE_SIZE_KEY] = (stored[1], stored[0]) if orientation in _SWAPS_AXES else stored
+    return out
+
+
+SOURCE_SIZE_KEY = "navit_source_size"
+_SWAPS_AXES = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def source_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of the file ``img`` was decoded from, in display orientation (EXIF applied), before
+    any reduced-scale JPEG decode (see ``draft_to`` in :func:`load_image`); ``img.size`` for images that
+    did not come from a file or bytes."""
+    size = img.info.get(SOURCE_SIZE_KEY)
+    return (int(size[0]), int(size[1])) if size else img.size
 
 
 def _open(src: Union[str, os.PathLike, bytes], name: str, max_image_pixels: int) -> Image.Image:
@@ -197,7 +218,7 @@ def _open(src: Union[str, os.PathLike, bytes], name: str, max_image_pixels: int)
 
 def _draft(img: Image.Image, draft_to: Callable[[int, int], tuple[int, int]]) -> None:
     w, h = img.size
-    rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientations that swap the axes
+    rotated = img.getexif().get(0x0112, 1) in _SWAPS_AXES
     tw, th = draft_to(h, w) if rotated else draft_to(w, h)
     request = (2 * th, 2 * tw) if rotated else (2 * tw, 2 * th)
     if request[0] < w and request[1] < h:
@@ -209,5 +230,6 @@ def _check_pixels(size: tuple[int, int], limit: int, name: str) -> None:
     if w * h > limit:
         raise ImageTooLargeError(
             f"{name}: {w}x{h} = {w * h} pixels exceeds the limit of {limit} (decompression-bomb guard); "
-            "downscale it first or raise max_image_pixels"
+            "downscale it first or raise the limit (FrontendConfig.max_image_pixels; navit infer/pack "
+            "--max-image-pixels)"
         )

@@ -101,7 +101,8 @@ class OnnxRunner(Runner):
             runs = ", ".join(native_providers(low)) or "no ONNX Runtime provider (TensorRT only)"
             raise ArtifactMismatchError(f"{self.path.name} uses the {low!r} attention lowering, which runs on {runs}, "
                                         f"not on {provider!r}. Export with --attention dense for this provider, "
-                                        "or pass reference_ops=True to validate the graph with reference kernels")
+                                        "or pass reference_ops=True (navit infer/parity --reference-ops) to validate the graph with "
+                                        "reference kernels")
         self.precision = self.artifact.precision
         self.session = None
         super().__init__(self.artifact.frontend.patch_dim, limits=None)
@@ -186,7 +187,8 @@ class OnnxRunner(Runner):
             from navit_deploy.errors import InputValidationError
 
             raise InputValidationError(f"patch coordinate {int(feed['coords'].max())} is outside the model's "
-                                       f"{self.max_grid}x{self.max_grid} positional table; lower the budget")
+                                       f"{self.max_grid}x{self.max_grid} positional table; lower the budget "
+                                       "(max_patches: navit infer --max-patches)")
         assert self.session is not None
         outs = self.session.run(list(self.artifact.outputs), {k: feed[k] for k in self.input_names})
         if self.output_kind == "tokens":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from navit_deploy.errors import ArtifactMismatchError
 from navit_deploy.frontend import FrontendConfig
+from navit_deploy.frontend.loading import ChannelOrder
 from navit_deploy.packing import Packer, recommended_packing
 from navit_deploy.runtime.artifact import DeploymentArtifact
 from navit_deploy.runtime.pipeline import Pipeline
@@ -36,13 +37,15 @@ def open_runner(path: str | Path, provider: str = "cpu", reference_ops: bool = F
 
 
 def pipeline_for(runner: Runner, artifact: DeploymentArtifact, frontend: FrontendConfig | None = None,
-                 pack_len: int | None = None) -> Pipeline:
+                 pack_len: int | None = None, channel_order: ChannelOrder = "RGB") -> Pipeline:
     """The pipeline for an artifact: its front end, and the measured default packing for its lowering and
-    backend (see :func:`navit_deploy.packing.recommended_packing`) unless ``pack_len`` fixes padded packs."""
+    backend (see :func:`navit_deploy.packing.recommended_packing`) unless ``pack_len`` fixes padded packs.
+
+    ``channel_order`` is the order of numpy frames given to the pipeline ("BGR" for OpenCV frames)."""
     fe = frontend or artifact.frontend
     if pack_len:
         packer: Packer = Packer(pack_len, artifact.max_images)
     else:
         backend = getattr(runner, "provider", runner.name)
         packer = recommended_packing(fe.max_tokens_per_image, artifact.lowering, backend, artifact.max_images)
-    return Pipeline(runner, fe, packer)
+    return Pipeline(runner, fe, packer, channel_order=channel_order)

@@ -206,9 +206,20 @@ class Pipeline:
         # A VLM tower's packs hold whole merge blocks, in window order with the window lengths: whatever packer
         # the caller gave, it packs the way the runner's model needs.
         spec = getattr(self.runner, "windows", None)
-        if spec is not None and self.packer.windows != spec:
+        if spec is not None and (self.packer.windows != spec or self.packer.pack_len % spec.unit):
             cap = -(-self.packer.pack_len // spec.unit) * spec.unit
             self.packer = replace(self.packer, pack_len=cap, windows=spec)
+
+    def with_budget(self, *, max_patches: int | None = None, upscale: bool | None = None,
+                    min_pixels: int | None = None, max_pixels: int | None = None) -> "Pipeline":
+        """A pipeline on the same runner at another per-image budget (see :meth:`FrontendConfig.with_budget`),
+        for one call: ``pipe.with_budget(max_pixels=1024 * 1024).run(images)``. Its packs are lengthened when
+        a full-budget image would no longer fit one; its counters are its own."""
+        fe = self.frontend.with_budget(max_patches=max_patches, upscale=upscale, min_pixels=min_pixels,
+                                       max_pixels=max_pixels)
+        need = fe.max_tokens_per_image
+        packer = self.packer if need <= self.packer.pack_len else replace(self.packer, pack_len=need)
+        return replace(self, frontend=fe, packer=packer, stats=PipelineStats())
 
     def prepare(self, index: int, src: ImageSource, stats: PipelineStats | None = None) -> PreparedImage | ImageResult:
         """Front end for one image; an error result instead of an exception for a bad image (or an input of a
@@ -228,7 +239,8 @@ class Pipeline:
                     stats.frontend_cpu_s += time.thread_time() - cpu0
         if prepared.num_tokens > self.packer.pack_len:
             return ImageResult(index, name, error=f"{name}: {prepared.num_tokens} tokens exceed the pack length "
-                               f"{self.packer.pack_len}; lower the budget or raise the pack length",
+                               f"{self.packer.pack_len}; lower the budget or raise the pack length (navit infer "
+                               "--max-patches / --pack-len)",
                                error_type="BudgetError")
         return prepared
 
