@@ -128,3 +128,64 @@ def test_cli_import_writes_a_project_model(qwen_dirs, pixels, tmp_path, capsys):
 
     inp, items = pixels
     assert max_abs(ours(load_model(tmp_path / "mine", attention="segment"), items), reference_tokens(tower, inp)) <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Images as users have them: a JPEG photo, an RGBA PNG, a grey scan, an 83:1 strip, an EXIF-rotated phone
+    photo, and a corrupt file."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("qwen_files")
+    rng = np.random.default_rng(7)
+    paths = []
+    for name, (w, h), mode in [("photo.jpg", (640, 480), "RGB"), ("icon.png", (35, 20), "RGBA"),
+                               ("scan.png", (300, 420), "L"), ("strip.png", (1000, 12), "RGB"),
+                               ("phone.jpg", (240, 320), "RGB")]:
+        arr = rng.integers(0, 255, (h, w, len(mode)), dtype=np.uint8)
+        img = Image.fromarray(arr[..., 0] if mode == "L" else arr, mode)
+        kw = {}
+        if name == "phone.jpg":
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            kw["exif"] = exif
+        img.save(d / name, **kw)
+        paths.append(str(d / name))
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    paths.append(str(d / "broken.jpg"))
+    return paths
+
+
+@pytest.mark.parametrize("name,lowering", [("2.5", low) for low in LOWERINGS] + [("2", "dense")])
+def test_navit_parity_from_files_on_every_lowering(qwen_dirs, files, name, lowering, tmp_path):
+    from navit_deploy.parity_run import run_parity
+    from navit_deploy.runtime.onnx_runner import native_providers
+
+    path, _ = qwen_dirs[name]
+    onnx_path = _export(path, lowering, tmp_path / f"m.{lowering}.onnx")
+    runs = {r.check: r for r in run_parity(str(path), str(onnx_path), files,
+                                           reference_ops="cpu" not in native_providers(lowering))}
+    assert set(runs) == {"source pixels", "source files", "packing invariance"}
+    for r in runs.values():
+        assert r.passed, (r.check, r.report.failures)
+        assert r.report.summary["compared"] == len(files) - 1  # the corrupt file: an error on both sides
+    s = {k: r.report.summary for k, r in runs.items()}
+    print(f"qwen {name} {lowering}: pixels {s['source pixels']['max_abs_embedding_max']:.2e}, files cosine "
+          f"{s['source files']['cosine_min']:.7f}, invariance {s['packing invariance']['max_abs_embedding_max']:.2e}")
+    assert s["source pixels"]["max_abs_embedding_max"] <= 1e-4
+    assert s["source files"]["cosine_min"] >= 0.9999
+    assert s["packing invariance"]["max_abs_embedding_max"] <= 1e-5
+
+
+def test_cli_parity_on_a_qwen_dir(qwen_dirs, files, tmp_path, capsys):
+    from pathlib import Path
+
+    from navit_deploy.cli import main
+
+    path, _ = qwen_dirs["2.5-vision"]
+    onnx_path = _export(path, "dense", tmp_path / "m.onnx")
+    folder = str(Path(files[0]).parent)
+    assert main(["parity", "--model", str(path), "--onnx", str(onnx_path), "--images", folder, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [c["check"] for c in out["checks"]] == ["source pixels", "source files", "packing invariance"]
+    assert out["passed"]
