@@ -52,8 +52,12 @@ def example_pack(model: NaViT, grids: tuple[tuple[int, int], ...] | None = None)
 
 
 def export_onnx(model: NaViT, out: str | Path, *, lowering: str = "dense", weights_sha256: str = "",
-                pack_len: int = 1024, max_images: int = 64, opset: int = DEFAULT_OPSET) -> ExportResult:
-    """Export ``model`` to ``out`` (a single self-contained .onnx) and write the artifact metadata + sidecar."""
+                pack_len: int = 1024, max_images: int = 64, opset: int = DEFAULT_OPSET,
+                window_slots: bool = True) -> ExportResult:
+    """Export ``model`` to ``out`` (a single self-contained .onnx) and write the artifact metadata + sidecar.
+
+    ``window_slots``: with the dense lowering, windowed blocks compute each window in a fixed slot (the default)
+    rather than with a mask over the whole pack (kept for measuring what the slots save)."""
     low = get_lowering(lowering)
     if opset not in OPSETS:
         raise ConfigError(f"ONNX opset {opset} is not supported; choose {OPSETS.start}-{OPSETS.stop - 1} "
@@ -64,7 +68,7 @@ def export_onnx(model: NaViT, out: str | Path, *, lowering: str = "dense", weigh
                           f"head dim is {cfg.head_dim} ({cfg.heads} heads). Export with --attention dense (any "
                           "TensorRT) or trt-native (TensorRT >= 11.1) instead")
     start = time.time()
-    model = model.eval().set_attention(low.attention_impl)
+    model = model.eval().set_attention(low.attention_impl, window_slots=window_slots)
     pack = example_pack(model)
     args = tuple(torch.from_numpy(a) for a in pack.model_inputs().values())
     images = torch.export.Dim("images", min=1, max=1 << 16)
@@ -91,7 +95,9 @@ def export_onnx(model: NaViT, out: str | Path, *, lowering: str = "dense", weigh
                                   head_dim=cfg.head_dim, pack_len=-(-pack_len // unit) * unit, max_images=max_images,
                                   opset=opset, outputs=cfg.outputs, family=cfg.family,
                                   output_kind="tokens" if cfg.output == "tokens" else "pooled", inputs=cfg.inputs,
-                                  window=cfg.window_merged, token_dim=cfg.out_dim if cfg.output == "tokens" else 0)
+                                  window=cfg.window_merged, token_dim=cfg.out_dim if cfg.output == "tokens" else 0,
+                                  extra={"window_slots": bool(window_slots and cfg.windowed and low.name == "dense")}
+                                  if cfg.windowed else {})
     set_metadata(proto, artifact)
     onnx.save_model(proto, str(out))
     check_model(out)

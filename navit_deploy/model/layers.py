@@ -252,6 +252,7 @@ class Attention(nn.Module):
         self.k_norm = qk_norm(c.qk_norm, self.heads, self.head_dim, c)
         self.proj = nn.Linear(inner, c.dim, bias=c.proj_bias)
         self.impl = "dense"
+        self.slot = 0  # > 0: windows of at most this many tokens in slots (see attention.window_slot_attention)
 
     def forward(self, x: torch.Tensor, segment_ids: torch.Tensor, cu_seqlens: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -260,7 +261,10 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        out = get_attention(self.impl)(q, k, v, segment_ids, cu_seqlens, self.scale)
+        if self.slot:
+            out = get_attention("window-slots")(q, k, v, segment_ids, cu_seqlens, self.scale, slot=self.slot)
+        else:
+            out = get_attention(self.impl)(q, k, v, segment_ids, cu_seqlens, self.scale)
         return self.proj(out.reshape(t, self.heads * self.head_dim))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from navit_deploy.model.attention import get_attention
+from navit_deploy.model.attention import WINDOW_SLOT_IMPLS, get_attention
 from navit_deploy.model.config import NaViTConfig
 from navit_deploy.model.layers import (Block, MaskedAttentionPool, PatchEmbed, PatchMerger, Rotary2D, block_norm,
                                       layer_norm, positional_embedding)
@@ -48,11 +48,17 @@ class NaViT(nn.Module):
     def attention(self) -> str:
         return self.blocks[0].attn.impl
 
-    def set_attention(self, name: str) -> "NaViT":
-        """Switch every block to the attention implementation registered as ``name``."""
+    def set_attention(self, name: str, window_slots: bool = True) -> "NaViT":
+        """Switch every block to the attention implementation registered as ``name``.
+
+        With the dense implementations, windowed blocks compute their windows in fixed slots (exact, and the
+        scores of windows instead of the whole pack); ``window_slots=False`` keeps the mask over the pack."""
         get_attention(name)  # validates the name
+        c = self.config
+        slot = c.window_merged ** 2 * c.frontend.merge_size ** 2
         for block in self.blocks:
             block.attn.impl = name
+            block.attn.slot = slot if window_slots and block.windowed and name in WINDOW_SLOT_IMPLS else 0
         return self
 
     def forward(self, patches: torch.Tensor, coords: torch.Tensor, segment_ids: torch.Tensor,

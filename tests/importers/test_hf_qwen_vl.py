@@ -87,10 +87,12 @@ def test_identical_pixels_match_transformers(qwen_dirs, name):
     assert max(float(np.abs(r).max()) for r in ref) > 0.5  # outputs are not trivially small
 
 
+@pytest.mark.parametrize("slots", [True, False])
 @pytest.mark.parametrize("attention", ["dense", "dense-bias"])
-def test_every_attention_implementation_and_packing_invariance(case, attention):
+def test_every_attention_implementation_and_packing_invariance(case, attention, slots):
     path, _, _, items, ref = case
-    net = load_model(path, attention=attention)
+    net = load_model(path).set_attention(attention, window_slots=slots)
+    assert [b.attn.slot for b in net.blocks] == ([64, 0, 64, 0] if slots else [0] * 4)
     packed = ours(net, items)
     alone = [ours(net, [it])[0] for it in items]
     assert max_abs(packed, ref) <= TOL
