@@ -57,3 +57,8 @@ class BackendUnavailableError(NavitError):
 
 class PluginError(NavitError):
     """The TensorRT plugin library is missing, fails to load, or was built for another TensorRT."""
+
+
+class OutputKindError(ArtifactMismatchError):
+    """A command needs one kind of output (one pooled embedding per image) and the model gives another
+    (merged visual tokens of a VLM tower), or the reverse."""

@@ -139,15 +139,19 @@ def compare(reference: Sequence[ImageResult], candidate: Sequence[ImageResult], 
             per.append(ImageParity(r.name, float("nan"), float("nan"), float("nan"), False,
                                    ("both: " if same else "one runner: ") + str(r.error or c.error)))
             continue
-        assert r.embedding is not None and c.embedding is not None
+        rv, cv = r.vector, c.vector
+        assert rv is not None and cv is not None
+        if r.output_kind != c.output_kind or rv.shape != cv.shape:
+            raise ConfigError(f"{r.name}: the runners return different outputs ({r.output_kind} {list(rv.shape)} vs "
+                              f"{c.output_kind} {list(cv.shape)}); they run different models")
         if (r.logits is None) != (c.logits is None):
             raise ConfigError(f"{r.name}: one runner has logits and the other has none; they run different models")
         if r.logits is None or c.logits is None:  # an embedding model: nothing to compare but the embedding
             dlogit, match, margin = 0.0, True, float("inf")
         else:
             dlogit, match, margin = float(np.abs(r.logits - c.logits).max()), r.top1 == c.top1, _margin(r.logits)
-        per.append(ImageParity(r.name, float(np.abs(r.embedding - c.embedding).max()), dlogit,
-                               _cos(r.embedding.astype(np.float64), c.embedding.astype(np.float64)), match,
+        per.append(ImageParity(r.name, float(np.abs(rv - cv).max()), dlogit,
+                               _cos(rv.astype(np.float64), cv.astype(np.float64)), match,
                                reference_margin=margin))
     ok = [p for p in per if p.error is None]
     if not ok:

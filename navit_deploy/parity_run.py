@@ -104,7 +104,7 @@ def run_parity(model: str, artifact_path: str, images: Sequence[Any], provider: 
             ref_px, prepared = reference.pixels(images)
             runs.append(ParityRun("source pixels", reference.name, compare(ref_px, _packed_like(ref_px, pipe, prepared),
                                                                             precision)))
-            if src.family == "siglip2":
+            if src.family in ("siglip2", "qwen-vl"):
                 runs.append(ParityRun("source files", reference.name,
                                       compare(reference.embed(images), cand_files, precision, _e2e(precision),
                                               same_error_type=False)))

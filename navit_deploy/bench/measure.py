@@ -64,13 +64,19 @@ def workload_frontend(base: FrontendConfig, max_patches: int, upscale: bool) -> 
     if base.budget == "naflex":
         return base.replace(max_patches=max_patches, upscale=upscale, square_grid=0,
                             max_grid=max(base.max_grid, max_patches))
+    if base.merge_size > 1:
+        # A VLM tower (Qwen-VL) keeps its processor's pixel rule (sides in whole merge blocks): the workload's
+        # budget of patch tokens becomes its max_pixels.
+        hi = max_patches * base.patch_size ** 2
+        return base.replace(min_pixels=min(base.min_pixels, hi), max_pixels=hi, square_grid=0)
     return base.replace(budget="max_patches", max_patches=max_patches, upscale=upscale, square_grid=0)
 
 
 def make_plan(strategy: str, frontend: FrontendConfig, lowering: str, provider: str, export_pack_len: int,
               max_images: int, pack_len: int | None = None, bucket: int | None = None) -> Plan:
     """The :class:`Plan` of ``strategy`` at ``frontend``'s budget; raises ValueError when it cannot run."""
-    budget = frontend.max_patches
+    # In patch tokens; for a pixel budget its nominal size (the processor's rule lets a rare thin image go over it).
+    budget = frontend.max_pixels // frontend.patch_size ** 2 if frontend.budget == "pixels" else frontend.max_patches
     if strategy == "packed":
         rec = recommended_packing(budget, lowering, provider, max_images)
         if pack_len is not None or bucket is not None:
@@ -89,6 +95,7 @@ def make_plan(strategy: str, frontend: FrontendConfig, lowering: str, provider: 
         return Plan(strategy, frontend, BucketedPacker(budget, 1, 1), budget)
     if strategy in ("square", "anyres"):
         g = min(square_grid_for(budget), frontend.max_grid)
+        g = max(frontend.merge_size, g - g % frontend.merge_size)  # whole merge blocks
         fe = frontend.replace(square_grid=g)
         return Plan(strategy, fe, Packer(g * g, 1) if strategy == "square" else None, budget)
     raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
@@ -323,8 +330,9 @@ def host_breakdown(sources: Sequence[Any], frontend: FrontendConfig, limit: int 
             tw, th = target_size(img.size[0], img.size[1], frontend)
             resized = resize_to(img, (tw, th), frontend)
             t2 = time.perf_counter()
-            patches = patchify(to_pixels(resized, frontend), frontend.patch_size)
-            grid_coords(th // frontend.patch_size, tw // frontend.patch_size)
+            patches = patchify(to_pixels(resized, frontend), frontend.patch_size, frontend.temporal_patch_size,
+                               frontend.merge_size)
+            grid_coords(th // frontend.patch_size, tw // frontend.patch_size, frontend.merge_size)
             t3 = time.perf_counter()
             normalize_patches(patches, frontend)
             t4 = time.perf_counter()

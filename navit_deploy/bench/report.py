@@ -11,7 +11,8 @@ TABLE_COLUMNS = [  # (header, key, format)
     ("workload", "workload", "{}"), ("strategy", "strategy", "{}"), ("backend", "backend", "{}"),
     ("prec", "precision", "{}"), ("attn", "lowering", "{}"), ("img/s", "images_per_s", "{:.2f}"),
     ("model img/s", "model_images_per_s", "{:.2f}"),
-    ("tok/img", "computed_tokens_per_image", "{:.0f}"), ("pad", "padding_fraction", "{:.1%}"),
+    ("tok/img", "computed_tokens_per_image", "{:.0f}"), ("merged tok/img", "merged_tokens_per_image", "{:.0f}"),
+    ("pad", "padding_fraction", "{:.1%}"),
     ("attn x", "attention_waste", "{:.2f}"), ("img/pack", "images_per_pack", "{:.1f}"),
     ("p50 ms", "p50_ms", "{:.1f}"), ("p99 ms", "p99_ms", "{:.1f}"),
     ("pack p50", "pack_p50_ms", "{:.1f}"), ("host", "host_fraction", "{:.1%}"),
@@ -31,7 +32,8 @@ COLUMN_NOTES = ("*img/s*: images per second end to end (decode, resize, pack, mo
                 "on average); *host*: share of the end-to-end time in which the model was not running (the front end "
                 "runs in threads overlapped with the model, so this is the host on the critical path); *host cpu*: "
                 "the front end's share of the process's CPU time; *attn x*: attention scores computed / the "
-                "per-image ideal.")
+                "per-image ideal; *merged tok/img* (VLM towers): visual tokens per image after the patch merger "
+                "(patch tokens / merge_size^2), what the image costs in the language model's prompt.")
 
 # A row whose slowest round took this many times its fastest ran while the machine's load changed.
 UNSTABLE_SPREAD = 2.0
@@ -55,6 +57,14 @@ def _cells(row: dict[str, Any], columns=TABLE_COLUMNS) -> list[str]:
     return cells
 
 
+# Columns shown only when some row has a value (models without a patch merger have no merged tokens).
+OPTIONAL_COLUMNS = ("merged_tokens_per_image",)
+
+
+def _present(rows: Sequence[dict[str, Any]], columns) -> list:
+    return [c for c in columns if c[1] not in OPTIONAL_COLUMNS or any(r.get(c[1]) is not None for r in rows)]
+
+
 def unstable(row: dict[str, Any]) -> bool:
     """Its rounds spread more than :data:`UNSTABLE_SPREAD` x (slowest / fastest)."""
     return (row.get("round_spread") or 1.0) > UNSTABLE_SPREAD
@@ -62,6 +72,7 @@ def unstable(row: dict[str, Any]) -> bool:
 
 def format_table(rows: Sequence[dict[str, Any]], columns=TABLE_COLUMNS) -> str:
     """A fixed-width table for the terminal (``*``: estimated, not measured)."""
+    columns = _present(rows, columns)
     head = [c[0] for c in columns]
     body = [_cells(r, columns) for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
@@ -70,7 +81,7 @@ def format_table(rows: Sequence[dict[str, Any]], columns=TABLE_COLUMNS) -> str:
 
 
 def rows_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    cols = [c for c in TABLE_COLUMNS if c[1] not in ("peak_rss_mb",)]
+    cols = [c for c in _present(rows, TABLE_COLUMNS) if c[1] not in ("peak_rss_mb",)]
     out = ["| " + " | ".join(c[0] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         out.append("| " + " | ".join(_cells(r, cols)) + " |")

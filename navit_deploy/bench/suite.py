@@ -151,6 +151,7 @@ def _row(m: Measurement, b: Backend, wl: Workload, shape: ModelShape, peak: floa
         "padding_fraction": round(1 - valid / computed, 5) if computed else 0.0,
         "computed_tokens_per_image": round(computed / n_good, 2),
         "valid_tokens_per_image": round(valid / n_good, 2),
+        "merged_tokens_per_image": merged_tokens_per_image(valid / n_good, m.plan.frontend),
         "attention_waste": round(exec_attn / ideal_attn, 3) if ideal_attn else 1.0,
         "packs": len(run.packs), "mean_pack_len": round(computed / max(1, len(run.packs)), 1),
         "images_per_pack": round(valid_images(run.packs) / max(1, len(run.packs)), 2),
@@ -186,6 +187,14 @@ def _row(m: Measurement, b: Backend, wl: Workload, shape: ModelShape, peak: floa
     }
 
 
+def merged_tokens_per_image(patch_tokens: float, frontend: FrontendConfig) -> float | None:
+    """Visual tokens per image after the model's patch merger (patch tokens / merge_size**2: what an image
+    costs in a VLM's prompt); None for a model without a merger."""
+    if frontend.merge_size <= 1:
+        return None
+    return round(patch_tokens / frontend.tokens_per_merged_token, 2)
+
+
 def valid_images(packs: Sequence[tuple[int, list[int]]]) -> int:
     """Images in ``(pack_len, seqlens)`` packs."""
     return sum(len(s) for _, s in packs)
@@ -211,7 +220,8 @@ def _anyres_row(wl: Workload, plan: Plan, b: Backend, shape: ModelShape, square:
         "packing": plan.packing, "images_per_s": _r(est), "ms_per_image": _r(1000 / est if est else None),
         "tokens_per_s": None, "computed_tokens_per_s": square["computed_tokens_per_s"] if square else None,
         "padding_fraction": 0.0, "computed_tokens_per_image": round(per_image, 2),
-        "valid_tokens_per_image": round(per_image, 2), "tiles_per_image": round(per_image / (g * g) - 1, 3) if g else None,
+        "valid_tokens_per_image": round(per_image, 2),
+        "merged_tokens_per_image": merged_tokens_per_image(per_image, plan.frontend), "tiles_per_image": round(per_image / (g * g) - 1, 3) if g else None,
         "attention_waste": 1.0, "packs": None, "mean_pack_len": g * g,
         "p50_ms": None, "p95_ms": None, "p99_ms": None, "pack_p50_ms": None, "pack_p95_ms": None, "pack_p99_ms": None,
         "host_fraction": None, "executed_gflop_per_image": round(float(np.mean(flops)) / 1e9, 4) if flops else None,

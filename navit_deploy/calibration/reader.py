@@ -95,13 +95,15 @@ class CalibrationReader:
 
     def __init__(self, images: Sequence[CalibrationImage], frontend: FrontendConfig, pack_len: int,
                  max_images_per_pack: int, *, max_images: int | None = None, progress: bool = True,
-                 min_images: int = MIN_CALIBRATION_IMAGES, workers: int | None = None, description: str = "") -> None:
+                 min_images: int = MIN_CALIBRATION_IMAGES, workers: int | None = None, description: str = "",
+                 windows: Any = None) -> None:
         if max_images is not None and max_images < 1:
             raise CalibrationDataError(f"max_images must be >= 1, got {max_images}")
         self.images = list(images)[:max_images] if max_images is not None else list(images)
         self.frontend = frontend
         self.pack_len = int(pack_len)
         self.max_images_per_pack = int(max_images_per_pack)
+        self.windows = windows  # a VLM tower's merge blocks and windows (WindowSpec), None otherwise
         self.progress = progress
         self.min_images = min_images
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
@@ -125,7 +127,7 @@ class CalibrationReader:
             images = default_images(max_images)
             what = "builtin samples + procedural train split"
         return cls(images, artifact.frontend, artifact.pack_len, artifact.max_images, max_images=max_images,
-                   description=f"{what} ({len(images)} images)", **kw)
+                   description=f"{what} ({len(images)} images)", windows=artifact.windows, **kw)
 
     def check_matches(self, artifact: DeploymentArtifact) -> None:
         """Raise :class:`ArtifactMismatchError` unless this reader feeds what the model's runtime feeds."""
@@ -196,7 +198,7 @@ class CalibrationReader:
                                        f"{self.description}; INT8 calibration needs at least {self.min_images} "
                                        f"({len(self.failures)} failed)")
         try:
-            self._packs = Packer(self.pack_len, self.max_images_per_pack).pack(prepared)
+            self._packs = Packer(self.pack_len, self.max_images_per_pack, windows=self.windows).pack(prepared)
         except PackingError as exc:  # pragma: no cover - prepare() already dropped images longer than a pack
             raise CalibrationDataError(f"cannot pack the calibration images: {exc}") from exc
         self.tokens = sum(p.num_tokens for p in prepared)

@@ -132,7 +132,7 @@ def compare_results(ref: Sequence[ImageResult], cand: Sequence[ImageResult]) -> 
     if not pairs:
         return {"compared": 0, "top1_agreement": 0.0, "cosine_min": float("nan"), "cosine_mean": float("nan"),
                 "max_abs_logit_diff": float("nan"), "max_abs_embedding_diff": float("nan")}
-    cos = np.array([_cos(r.embedding.astype(np.float64), c.embedding.astype(np.float64)) for r, c in pairs])
+    cos = np.array([_cos(r.vector.astype(np.float64), c.vector.astype(np.float64)) for r, c in pairs])
     if pairs[0][0].logits is None:
         agree, dlogit = float("nan"), float("nan")
     else:
@@ -141,7 +141,7 @@ def compare_results(ref: Sequence[ImageResult], cand: Sequence[ImageResult]) -> 
     return {"compared": len(pairs), "top1_agreement": agree,
             "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
             "max_abs_logit_diff": dlogit,
-            "max_abs_embedding_diff": max(float(np.abs(r.embedding - c.embedding).max()) for r, c in pairs)}
+            "max_abs_embedding_diff": max(float(np.abs(r.vector - c.vector).max()) for r, c in pairs)}
 
 
 def accuracy_report(fp32_onnx: str | Path, quant_onnx: str | Path, *, eval_size: int = DEFAULT_EVAL_SIZE, data=None,

@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from navit_deploy.commands.budget_args import add_pixel_budget_args, budget_frontend
+
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     model = p.add_mutually_exclusive_group(required=True)
@@ -17,6 +19,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-patches", type=int, default=None, help="per-image token budget (default: the model's)")
     p.add_argument("--no-upscale", dest="upscale", action="store_false", default=None,
                    help="never enlarge images past their native size")
+    add_pixel_budget_args(p)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -74,8 +77,7 @@ def _open(args: argparse.Namespace):
 
 
 def _frontend(args: argparse.Namespace, artifact):
-    changes = {k: v for k, v in (("max_patches", args.max_patches), ("upscale", args.upscale)) if v is not None}
-    return artifact.frontend.replace(**changes) if changes else None
+    return budget_frontend(args, artifact.frontend)
 
 
 def _need(module: str, extra: str, what: str) -> None:
@@ -129,7 +131,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         from navit_deploy.embed.local import model_artifact
         from navit_deploy.embed.ray_embed import embed_with_ray
 
-        fe = _frontend(args, model_artifact(path))
+        art = model_artifact(path)
+        art.require_pooled("navit embed")
+        fe = _frontend(args, art)
         summary = embed_with_ray(paths, path, args.out, address=args.ray, actors=args.actors,
                                  cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
                                  batch_size=args.batch_size, provider=args.provider, frontend=fe,
@@ -138,6 +142,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         from navit_deploy.embed.local import embed_paths, output_metadata
 
         runner, artifact, make_pipeline, _ = _open(args)
+        artifact.require_pooled("navit embed")
         with runner:
             pipe = make_pipeline()
             summary = embed_paths(paths, pipe, args.out, output_metadata(path, artifact, pipe.frontend),

@@ -114,6 +114,11 @@ def read_onnx_summary(path: str | os.PathLike[str]) -> OnnxSummary:
         raise ArtifactMismatchError(f"{p}: not a readable ONNX model ({exc})") from exc
     meta = {m.key: m.value for m in model.metadata_props}
     artifact = read_artifact(p, meta)
+    if artifact.output_kind == "tokens":
+        raise ConfigError(f"{p} is a VLM vision tower (merged-token output, {len(artifact.inputs)} inputs): navit "
+                          "compile does not build its engine yet, because its optimization profiles need the window "
+                          "axis (window_cu_seqlens) and the tokens output, which no TensorRT here could verify. "
+                          "Run it with ONNX Runtime (`navit infer`/`navit parity`) meanwhile")
     nodes = list(model.graph.node) + [n for fn in model.functions for n in fn.node]
     init_names = {i.name for i in model.graph.initializer}
     inputs = tuple(i.name for i in model.graph.input if i.name not in init_names)

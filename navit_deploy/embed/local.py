@@ -115,6 +115,7 @@ def embed_files(paths: Sequence[str], model_path: str | os.PathLike[str], out: s
     from navit_deploy.runtime.open import open_runner, pipeline_for
 
     runner, artifact = open_runner(model_path, provider=provider, threads=threads)
+    artifact.require_pooled("embedding files into a table")
     with runner:
         pipe = pipeline_for(runner, artifact, frontend=frontend)
         return embed_paths(paths, pipe, out, output_metadata(model_path, artifact, pipe.frontend), batch_size,

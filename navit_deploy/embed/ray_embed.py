@@ -38,6 +38,7 @@ class EmbedBatch:
 
         threads = threads or _assigned_cpus()
         self.runner, artifact = open_runner(model_path, provider=provider, threads=threads)
+        artifact.require_pooled("embedding files into a table")
         self.runner.concurrency = max(1, min(self.runner.concurrency, threads))
         self.runner.activate()
         fe = FrontendConfig.from_dict(frontend) if frontend else None

@@ -19,7 +19,6 @@ from navit_deploy.frontend import grid_coords
 from navit_deploy.model.navit import NaViT
 from navit_deploy.packing import build_pack
 from navit_deploy.runtime.artifact import METADATA_KEY, DeploymentArtifact, write_sidecar
-from navit_deploy.runtime.runner import INPUT_NAMES
 
 # Opset 20 has a single ``Gelu`` node (ONNX Runtime CPU/CUDA, TensorRT >= 10.0); 17-19 spell it out in
 # eight elementwise ops (about 10% of ONNX Runtime CPU model time), for older consumers.
@@ -34,19 +33,31 @@ class ExportResult:
     seconds: float
 
 
-def example_pack(model: NaViT, grids: tuple[tuple[int, int], ...] = ((5, 7), (3, 3), (1, 4))):
-    """A small pack used to trace the model (its sizes are not baked in: axes are dynamic)."""
+def example_pack(model: NaViT, grids: tuple[tuple[int, int], ...] | None = None):
+    """A small pack used to trace the model (its sizes are not baked in: axes are dynamic). A VLM tower's has
+    grids of whole merge blocks, several windows per image and whole blocks of padding."""
     rng = np.random.default_rng(0)
     from navit_deploy.frontend import PreparedImage
+    from navit_deploy.packing.windows import WindowSpec
 
-    items = [PreparedImage(rng.standard_normal((h * w, model.config.patch_dim)).astype(np.float32),
-                           grid_coords(h, w), (h, w), (w, h), (w, h)) for h, w in grids]
-    return build_pack(items, list(range(len(items))), pack_len=sum(h * w for h, w in grids) + 3)
+    c = model.config
+    tokens = c.output == "tokens"
+    merge = c.frontend.merge_size if tokens else 1
+    grids = grids or (((10, 14), (4, 4), (2, 6)) if tokens else ((5, 7), (3, 3), (1, 4)))
+    items = [PreparedImage(rng.standard_normal((h * w, c.patch_dim)).astype(np.float32),
+                           grid_coords(h, w, merge), (h, w), (w, h), (w, h)) for h, w in grids]
+    spec = WindowSpec(merge, c.window_merged) if tokens else None
+    pad = merge * merge if tokens else 3
+    return build_pack(items, list(range(len(items))), pack_len=sum(h * w for h, w in grids) + pad, windows=spec)
 
 
 def export_onnx(model: NaViT, out: str | Path, *, lowering: str = "dense", weights_sha256: str = "",
-                pack_len: int = 1024, max_images: int = 64, opset: int = DEFAULT_OPSET) -> ExportResult:
-    """Export ``model`` to ``out`` (a single self-contained .onnx) and write the artifact metadata + sidecar."""
+                pack_len: int = 1024, max_images: int = 64, opset: int = DEFAULT_OPSET,
+                window_slots: bool = True) -> ExportResult:
+    """Export ``model`` to ``out`` (a single self-contained .onnx) and write the artifact metadata + sidecar.
+
+    ``window_slots``: with the dense lowering, windowed blocks compute each window in a fixed slot (the default)
+    rather than with a mask over the whole pack (kept for measuring what the slots save)."""
     low = get_lowering(lowering)
     if opset not in OPSETS:
         raise ConfigError(f"ONNX opset {opset} is not supported; choose {OPSETS.start}-{OPSETS.stop - 1} "
@@ -57,26 +68,36 @@ def export_onnx(model: NaViT, out: str | Path, *, lowering: str = "dense", weigh
                           f"head dim is {cfg.head_dim} ({cfg.heads} heads). Export with --attention dense (any "
                           "TensorRT) or trt-native (TensorRT >= 11.1) instead")
     start = time.time()
-    model = model.eval().set_attention(low.attention_impl)
+    model = model.eval().set_attention(low.attention_impl, window_slots=window_slots)
     pack = example_pack(model)
     args = tuple(torch.from_numpy(a) for a in pack.model_inputs().values())
-    tokens = torch.export.Dim("tokens", min=2, max=1 << 20)
     images = torch.export.Dim("images", min=1, max=1 << 16)
-    dynamic = ({0: tokens}, {0: tokens}, {0: tokens}, {0: images + 1})
+    if cfg.output == "tokens":  # whole merge blocks: the merger reshapes tokens into blocks
+        tokens = cfg.frontend.merge_size ** 2 * torch.export.Dim("blocks", min=1, max=1 << 18)
+    else:
+        tokens = torch.export.Dim("tokens", min=2, max=1 << 20)
+    dynamic: tuple[dict[int, object], ...] = ({0: tokens}, {0: tokens}, {0: tokens}, {0: images + 1})
+    if cfg.windowed:
+        dynamic += ({0: tokens}, {0: torch.export.Dim("windows", min=1, max=1 << 18) + 1})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=dynamic, input_names=list(INPUT_NAMES),
+        program = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=dynamic, input_names=list(cfg.inputs),
                                     output_names=list(cfg.outputs), opset_version=opset,
                                     custom_translation_table=translation_table(low, cfg.heads, cfg.head_dim),
                                     report=False, verbose=False)
     proto = program.model_proto
     _finalize(proto, low.name)
+    unit = cfg.frontend.merge_size ** 2 if cfg.output == "tokens" else 1
     artifact = DeploymentArtifact(frontend=cfg.frontend, labels=cfg.label_names(), lowering=low.name, precision="fp32",
                                   weights_sha256=weights_sha256, dim=cfg.dim, num_heads=cfg.heads,
-                                  head_dim=cfg.head_dim, pack_len=pack_len, max_images=max_images, opset=opset,
-                                  outputs=cfg.outputs, family=cfg.family)
+                                  head_dim=cfg.head_dim, pack_len=-(-pack_len // unit) * unit, max_images=max_images,
+                                  opset=opset, outputs=cfg.outputs, family=cfg.family,
+                                  output_kind="tokens" if cfg.output == "tokens" else "pooled", inputs=cfg.inputs,
+                                  window=cfg.window_merged, token_dim=cfg.out_dim if cfg.output == "tokens" else 0,
+                                  extra={"window_slots": bool(window_slots and cfg.windowed and low.name == "dense")}
+                                  if cfg.windowed else {})
     set_metadata(proto, artifact)
     onnx.save_model(proto, str(out))
     check_model(out)
@@ -95,13 +116,14 @@ def set_metadata(proto: onnx.ModelProto, artifact: DeploymentArtifact) -> None:
 
 def _finalize(proto: onnx.ModelProto, lowering: str) -> None:
     """Readable dynamic dim names; distinct query/kv length tensors for TRT_Attention."""
+    names = {"cu_seqlens": "images_plus_1", "window_cu_seqlens": "windows_plus_1"}
     for vi in proto.graph.input:
         for dim in vi.type.tensor_type.shape.dim:
             if dim.dim_param:
-                dim.dim_param = "images_plus_1" if vi.name == "cu_seqlens" else "tokens"
+                dim.dim_param = names.get(vi.name, "tokens")
     for vi in proto.graph.output:
         dim = vi.type.tensor_type.shape.dim[0]
-        dim.dim_param = "images"
+        dim.dim_param = "blocks" if vi.name == "tokens" else "images"
     if lowering == "trt-native":
         # TensorRT requires query_lengths and kv_lengths to be different tensors.
         for i, node in enumerate(list(proto.graph.node)):

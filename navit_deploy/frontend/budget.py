@@ -50,11 +50,45 @@ def _check_aspect(width: int, height: int, gw: int, gh: int, p: int, scale: floa
         )
 
 
-def pixel_range_size(width: int, height: int, cfg: FrontendConfig) -> tuple[int, int]:
-    """Qwen2-VL ``smart_resize``: sides multiple of the patch size, pixels in [min_pixels, max_pixels].
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Target ``(height, width)`` by Qwen2-VL's ``smart_resize`` (``transformers.models.qwen2_vl``), with the
+    same arithmetic, so sizes match ``Qwen2VLImageProcessor`` exactly: sides rounded to multiples of
+    ``factor`` (patch x merge); above ``max_pixels`` scaled down and floored, below ``min_pixels`` scaled
+    up and ceiled. As in the processor, a side never goes below ``factor``, so a thin image may stay
+    above ``max_pixels`` (e.g. 28x6000 at ``max_pixels=28*28*160``). Aspect ratios over 200:1 are
+    refused (:class:`BudgetError`; the processor raises ValueError)."""
+    ratio = max(height, width) / min(height, width)
+    if ratio > 200:
+        raise BudgetError(f"image {width}x{height} has aspect ratio {ratio:.0f}:1 > 200:1 (Qwen-VL's limit); "
+                          "crop or tile it")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
 
-    Returns the target (width, height) in pixels.
-    """
+
+def smart_resize_max_pixels(factor: int, min_pixels: int, max_pixels: int) -> int:
+    """An upper bound on ``h * w`` from :func:`smart_resize` over every accepted image (aspect <= 200:1).
+
+    Above ``max_pixels`` only through the one-``factor`` floor of a thin image (short side ``factor``,
+    long side at most ``sqrt(200 * max_pixels)``) or the ceilings of the ``min_pixels`` branch (each side
+    at most one ``factor`` above its exact value)."""
+    thin = factor * math.sqrt(200 * max_pixels)
+    s = math.sqrt(min_pixels)
+    small = (s * math.sqrt(200) + factor) * (s / math.sqrt(200) + factor)
+    return int(max(max_pixels, thin, small))
+
+
+def _patch_pixel_size(width: int, height: int, cfg: FrontendConfig) -> tuple[int, int]:
+    """The project's own pixel budget (``merge_size == 1``): ``smart_resize`` at factor = patch size with a
+    one-patch floor on the first rounding too, and a refusal where the floor would break ``max_pixels``."""
     p = cfg.patch_size
     ratio = max(width, height) / min(width, height)
     if ratio > 200:
@@ -74,6 +108,25 @@ def pixel_range_size(width: int, height: int, cfg: FrontendConfig) -> tuple[int,
             f"image {width}x{height} cannot fit max_pixels={cfg.max_pixels} at patch size {p} "
             "with at least one patch per side; crop it or raise max_pixels"
         )
+    return h_bar, w_bar
+
+
+def pixel_range_size(width: int, height: int, cfg: FrontendConfig) -> tuple[int, int]:
+    """Qwen2-VL-style pixel budget: pixels in [min_pixels, max_pixels], sides multiples of the patch size.
+    Returns the target (width, height) in pixels.
+
+    With ``merge_size > 1`` (Qwen2-VL / Qwen2.5-VL towers) this is the processor's :func:`smart_resize`
+    exactly, at factor ``patch_size * merge_size``, including its one-block floor that keeps thin images
+    above ``max_pixels``: the imported model must see its reference's pixels. With ``merge_size == 1`` (the
+    project's own pixel budget) the factor is the patch size and an image that cannot fit ``max_pixels``
+    with one patch per side is refused (:class:`BudgetError`) rather than sent over budget.
+    Either way a grid side over ``max_grid`` is refused.
+    """
+    p = cfg.patch_size
+    if cfg.merge_size > 1:
+        h_bar, w_bar = smart_resize(height, width, p * cfg.merge_size, cfg.min_pixels, cfg.max_pixels)
+    else:
+        h_bar, w_bar = _patch_pixel_size(width, height, cfg)
     if w_bar // p > cfg.max_grid or h_bar // p > cfg.max_grid:
         raise BudgetError(
             f"image {width}x{height} needs a {w_bar // p}x{h_bar // p} patch grid, larger than the model's "

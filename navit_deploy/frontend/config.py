@@ -102,7 +102,35 @@ class FrontendConfig:
             return self.square_grid * self.square_grid
         if self.budget in ("max_patches", "naflex"):
             return self.max_patches
+        if self.merge_size > 1:  # the processor's rule may go over max_pixels on thin or tiny images
+            from navit_deploy.frontend.budget import smart_resize_max_pixels
+
+            factor = self.patch_size * self.merge_size
+            return smart_resize_max_pixels(factor, self.min_pixels, self.max_pixels) // (self.patch_size ** 2)
         return self.max_pixels // (self.patch_size * self.patch_size)
+
+    @property
+    def tokens_per_merged_token(self) -> int:
+        """Patch tokens per visual token after the model's patch merger (``merge_size ** 2``; 1 without one)."""
+        return self.merge_size * self.merge_size
+
+    def with_budget(self, *, max_patches: int | None = None, upscale: bool | None = None,
+                    min_pixels: int | None = None, max_pixels: int | None = None) -> "FrontendConfig":
+        """This front end at another per-image budget (None: keep the model's), as a call overrides it:
+        ``max_patches``/``upscale`` for the ``max_patches`` and ``naflex`` budgets, ``min_pixels``/``max_pixels``
+        for ``budget="pixels"`` (Qwen-VL: as the processor's ``min_pixels``/``max_pixels`` arguments).
+        An override the model's budget does not use is a :class:`ConfigError`, not silently ignored."""
+        patches = {k: v for k, v in (("max_patches", max_patches), ("upscale", upscale)) if v is not None}
+        pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+        if pixels and self.budget != "pixels":
+            raise ConfigError(f"min_pixels/max_pixels (--min-pixels/--max-pixels) apply to a pixel budget, and this "
+                              f"model's budget is {self.budget!r}; set max_patches (--max-patches) instead")
+        if patches and self.budget == "pixels":
+            raise ConfigError("max_patches/upscale (--max-patches/--no-upscale) do not apply to this model's pixel "
+                              f"budget (min_pixels={self.min_pixels}, max_pixels={self.max_pixels}); set min_pixels/"
+                              "max_pixels (--min-pixels/--max-pixels) instead")
+        changes = {**patches, **pixels}
+        return self.replace(**changes) if changes else self
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

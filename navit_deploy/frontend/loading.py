@@ -72,11 +72,15 @@ def _to_rgb(img: Image.Image, name: str) -> Image.Image:
 
 
 def _convert(img: Image.Image, name: str) -> Image.Image:
-    """``PIL.Image.convert("RGB")``, as ``transformers.image_utils.load_image`` does (alpha is dropped)."""
-    if img.mode == "RGB":
-        return img
+    """``PIL.Image.convert("RGB")``, as ``transformers.image_utils.load_image`` does (alpha is dropped), then what
+    the processors' ``convert_to_rgb`` does to that: an image that still carries a ``transparency`` key (a
+    palette or grey PNG with a tRNS chunk keeps it through ``convert``) has the key colour composited on white."""
     try:
-        return img.convert("RGB")
+        rgb = img if img.mode == "RGB" else img.convert("RGB")
+        if rgb.info.get("transparency") is None:
+            return rgb
+        background = Image.new("RGBA", rgb.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgb.convert("RGBA")).convert("RGB")
     except (ValueError, OSError) as exc:
         raise ImageDecodeError(f"{name}: cannot convert image mode {img.mode!r} to RGB ({exc})") from exc
 

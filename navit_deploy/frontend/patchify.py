@@ -18,8 +18,10 @@ _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.
 class PreparedImage:
     """One image cut into patches, ready to pack.
 
-    ``patches`` is ``[n, C*p*p]`` float32 (channel-major inside a patch: ``(c, py, px)``),
-    ``coords`` is ``[n, 2]`` int64 (row, col) on the patch grid, row-major order.
+    ``patches`` is ``[n, C*T*p*p]`` float32 (channel-major inside a patch: ``(c, t, py, px)``; T, the
+    temporal patch, is 1 except for Qwen-VL), ``coords`` is ``[n, 2]`` int64 (row, col) on the patch grid,
+    in :func:`grid_coords` order (row-major; merge blocks contiguous for ``merge_size > 1``). For Qwen-VL
+    configs ``patches`` equals the processor's ``pixel_values`` and ``image_grid_thw`` is ``(1, *grid)``.
     """
 
     patches: np.ndarray
@@ -51,12 +53,19 @@ def grid_coords(grid_h: int, grid_w: int, merge: int = 1) -> np.ndarray:
     return np.stack([rows.ravel(), cols.ravel()], axis=1)
 
 
-def patchify(pixels: np.ndarray, patch: int) -> np.ndarray:
-    """``[H, W, C]`` -> ``[(H/p)*(W/p), C*p*p]`` with row-major patch order and ``(c, py, px)`` inside a patch."""
+def patchify(pixels: np.ndarray, patch: int, temporal: int = 1, merge: int = 1) -> np.ndarray:
+    """``[H, W, C]`` -> ``[(H/p)*(W/p), C*T*p*p]``, ``(c, t, py, px)`` inside a patch (``T = temporal``: the
+    still image repeated, as Qwen2-VL's temporal patch), patches in :func:`grid_coords` order for ``merge``
+    (row-major for 1; ``merge x merge`` blocks contiguous otherwise, as ``Qwen2VLImageProcessor``)."""
     h, w, c = pixels.shape
     gh, gw = h // patch, w // patch
-    x = pixels[: gh * patch, : gw * patch].reshape(gh, patch, gw, patch, c)
-    return np.ascontiguousarray(x.transpose(0, 2, 4, 1, 3).reshape(gh * gw, c * patch * patch))
+    if gh % merge or gw % merge:
+        raise ValueError(f"grid {gh}x{gw} is not a multiple of merge={merge}")
+    x = pixels[: gh * patch, : gw * patch].reshape(gh // merge, merge, patch, gw // merge, merge, patch, c)
+    # -> (block row, block col, row in block, col in block, c, py, px); t is a broadcast (no copy until reshape)
+    x = x.transpose(0, 3, 1, 4, 6, 2, 5)[:, :, :, :, :, None]
+    x = np.broadcast_to(x, x.shape[:5] + (temporal,) + x.shape[6:])
+    return np.ascontiguousarray(x.reshape(gh * gw, c * temporal * patch * patch))
 
 
 def resize_to(img: Image.Image, size: tuple[int, int], cfg: FrontendConfig) -> Image.Image:
@@ -78,14 +87,14 @@ def to_pixels(img: Image.Image, cfg: FrontendConfig) -> np.ndarray:
 
 
 def normalize_patches(patches: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
-    """uint8 patches ``[n, C*p*p]`` -> float32 times ``rescale`` (1/255: [0, 1]) then standardized with the
+    """uint8 patches ``[n, C*T*p*p]`` -> float32 times ``rescale`` (1/255: [0, 1]) then standardized with the
     config's mean/std.
 
     Done on the patch matrix (one cast and two in-place passes with per-column constants) rather than on
     the image: the same arithmetic as ``(x * rescale - mean) / std`` (within 1 ulp), without the float
     temporaries of the whole image.
     """
-    pp = cfg.patch_size * cfg.patch_size
+    pp = cfg.temporal_patch_size * cfg.patch_size * cfg.patch_size  # columns per channel: (c, t, py, px)
     scale = np.repeat(cfg.rescale / np.asarray(cfg.std, dtype=np.float64), pp).astype(np.float32)
     shift = np.repeat(np.asarray(cfg.mean, dtype=np.float32) / np.asarray(cfg.std, dtype=np.float32), pp)
     out = patches.astype(np.float32)
@@ -100,9 +109,10 @@ def prepare_pil(img: Image.Image, cfg: FrontendConfig) -> PreparedImage:
     tw, th = target_size(width, height, cfg)
     resized = resize_to(img, (tw, th), cfg)
     gh, gw = th // cfg.patch_size, tw // cfg.patch_size
+    patches = patchify(to_pixels(resized, cfg), cfg.patch_size, cfg.temporal_patch_size, cfg.merge_size)
     return PreparedImage(
-        patches=normalize_patches(patchify(to_pixels(resized, cfg), cfg.patch_size), cfg),
-        coords=grid_coords(gh, gw),
+        patches=normalize_patches(patches, cfg),
+        coords=grid_coords(gh, gw, cfg.merge_size),
         grid=(gh, gw),
         resized_size=(tw, th),
         original_size=source_size(img),

@@ -2,7 +2,8 @@
 ``detect(dir) -> bool`` (from the files, never the name) and ``convert(dir) -> ImportedModel`` (model config
 with its front end, state dict), plus ``describe(dir)`` for the config alone.
 
-Families: Hugging Face SigLIP 2 (:mod:`.hf_siglip2`) and vit-pytorch's NaViT (:mod:`.vit_pytorch`).
+Families: Hugging Face SigLIP 2 (:mod:`.hf_siglip2`), vit-pytorch's NaViT (:mod:`.vit_pytorch`) and the
+Qwen2.5-VL / Qwen2-VL vision towers (:mod:`.hf_qwen_vl`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from types import ModuleType
 
 from navit_deploy.importers.base import ImportedModel
 
-FAMILIES = ("siglip2", "vit-pytorch")
+FAMILIES = ("siglip2", "vit-pytorch", "qwen-vl")
 
 
 def _module(family: str) -> ModuleType:
@@ -24,6 +25,10 @@ def _module(family: str) -> ModuleType:
         from navit_deploy.importers import vit_pytorch
 
         return vit_pytorch
+    if family == "qwen-vl":
+        from navit_deploy.importers import hf_qwen_vl
+
+        return hf_qwen_vl
     raise KeyError(family)
 
 

@@ -33,6 +33,24 @@ def _result(index: int, name: str, emb: Any, logits: Any, grid: tuple[int, int],
                        tokens=h * w, grid=(h, w), resized_size=(w * patch, h * patch))
 
 
+def load_like_transformers(src: ImageSource) -> Any:
+    """The image as ``transformers.image_utils.load_image`` gives it (EXIF transpose, ``convert("RGB")``)."""
+    from PIL import Image
+    from transformers.image_utils import load_image
+
+    if isinstance(src, (str, os.PathLike)):
+        if not os.path.isfile(src):
+            raise FileNotFoundError(f"{src}: no such file")
+        return load_image(str(src))
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return load_image(Image.open(io.BytesIO(bytes(src))))
+    if isinstance(src, Image.Image):
+        return load_image(src)
+    if isinstance(src, np.ndarray):
+        return load_image(Image.fromarray(src))
+    raise TypeError(f"unsupported input {type(src).__name__}")
+
+
 class Siglip2Reference:
     """transformers' ``Siglip2VisionModel`` (from the checkpoint directory) and ``Siglip2ImageProcessorPil``
     (from its ``preprocessor_config.json``)."""
@@ -67,21 +85,7 @@ class Siglip2Reference:
         return transformers.__version__
 
     def _load(self, src: ImageSource) -> Any:
-        """The image as ``transformers.image_utils.load_image`` gives it (EXIF transpose, ``convert("RGB")``)."""
-        from PIL import Image
-        from transformers.image_utils import load_image
-
-        if isinstance(src, (str, os.PathLike)):
-            if not os.path.isfile(src):
-                raise FileNotFoundError(f"{src}: no such file")
-            return load_image(str(src))
-        if isinstance(src, (bytes, bytearray, memoryview)):
-            return load_image(Image.open(io.BytesIO(bytes(src))))
-        if isinstance(src, Image.Image):
-            return load_image(src)
-        if isinstance(src, np.ndarray):
-            return load_image(Image.fromarray(src))
-        raise TypeError(f"unsupported input {type(src).__name__}")
+        return load_like_transformers(src)
 
     def _process(self, src: ImageSource) -> tuple[dict[str, Any], tuple[int, int]]:
         inputs = self.processor(images=[self._load(src)], return_tensors="pt")
@@ -197,11 +201,15 @@ class VitPytorchReference:
         return self._run(sources)
 
 
-def source_reference(model: str | Path, family: str, **kw: Any) -> Siglip2Reference | VitPytorchReference:
+def source_reference(model: str | Path, family: str, **kw: Any) -> Any:
     """The source library's own implementation of an imported model; :class:`BackendUnavailableError` with the
     reason when the library is not installed."""
     if family == "siglip2":
         return Siglip2Reference(model, **kw)
     if family == "vit-pytorch":
         return VitPytorchReference(model)
+    if family == "qwen-vl":
+        from navit_deploy.importers.reference_qwen import QwenVLReference
+
+        return QwenVLReference(model, **kw)
     raise BackendUnavailableError(f"no source reference for the {family!r} family")

@@ -43,12 +43,93 @@ def layer_norm(n: int, c: NaViTConfig) -> nn.LayerNorm:
     return nn.LayerNorm(n, eps=c.norm_eps, bias=c.norm_bias)
 
 
-def gelu(c: NaViTConfig) -> nn.GELU:
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x^2) + eps) * weight`` (T5/Qwen), computed in float32 as transformers does."""
+
+    def __init__(self, n: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+def block_norm(n: int, c: NaViTConfig, eps: float | None = None) -> nn.Module:
+    """The norm of the blocks (and of the patch merger): LayerNorm or RMSNorm as ``c.norm`` says."""
+    eps = c.norm_eps if eps is None else eps
+    return RMSNorm(n, eps) if c.norm == "rmsnorm" else nn.LayerNorm(n, eps=eps, bias=c.norm_bias)
+
+
+class QuickGELU(nn.Module):
+    """CLIP's ``x * sigmoid(1.702 x)`` (transformers' ``quick_gelu``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def gelu(c: NaViTConfig) -> nn.Module:
+    """The MLP activation ``c.gelu`` names."""
+    if c.gelu == "quick":
+        return QuickGELU()
+    if c.gelu == "silu":
+        return nn.SiLU()
     return nn.GELU(approximate="tanh" if c.gelu == "tanh" else "none")
 
 
-def mlp(c: NaViTConfig) -> nn.Sequential:
+class GatedMLP(nn.Module):
+    """``down(act(gate(x)) * up(x))`` (Qwen2.5-VL's vision MLP, with biases)."""
+
+    def __init__(self, c: NaViTConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(c.dim, c.mlp_hidden)
+        self.up = nn.Linear(c.dim, c.mlp_hidden)
+        self.down = nn.Linear(c.mlp_hidden, c.dim)
+        self.act = gelu(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
+def mlp(c: NaViTConfig) -> nn.Module:
+    if c.mlp == "gated":
+        return GatedMLP(c)
     return nn.Sequential(nn.Linear(c.dim, c.mlp_hidden), gelu(c), nn.Linear(c.mlp_hidden, c.dim))
+
+
+class Rotary2D(nn.Module):
+    """2D rotary position embedding of Qwen2-VL / Qwen2.5-VL towers, computed in the graph from coordinates.
+
+    ``head_dim / 4`` inverse frequencies ``theta ** (-2i / (head_dim / 2))``; angles ``[row * f, col * f]``
+    (row first) fill half the head dim and are repeated for the other half, and ``rotate_half`` pairs
+    dimension ``j`` with ``j + head_dim / 2``: exactly transformers' ``Qwen2_5_VLVisionRotaryEmbedding`` with
+    ``apply_rotary_pos_emb_vision``.
+    """
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        spatial = head_dim // 2
+        inv_freq = 1.0 / (theta ** (torch.arange(0, spatial, 2, dtype=torch.float) / spatial))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)``, each ``[T, 1, head_dim]`` (broadcast over heads)."""
+        freqs = coords.to(torch.float32).unsqueeze(-1) * self.inv_freq  # [T, 2, d/4]
+        half = torch.cat([freqs[:, 0], freqs[:, 1]], dim=-1)  # [T, d/2]: rows, then columns
+        emb = torch.cat([half, half], dim=-1).unsqueeze(1)
+        return emb.cos(), emb.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    cos, sin = rope
+    x32 = x.float()
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
 
 
 class HeadL2Norm(nn.Module):
@@ -82,7 +163,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, c: NaViTConfig) -> None:
         super().__init__()
         self.norm_in = layer_norm(c.patch_dim, c) if c.patch_norm_in else nn.Identity()
-        self.proj = nn.Linear(c.patch_dim, c.dim)
+        self.proj = nn.Linear(c.patch_dim, c.dim, bias=c.patch_bias)
         self.norm_out = layer_norm(c.dim, c) if c.patch_norm_out else nn.Identity()
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
@@ -145,7 +226,10 @@ class ResizedPosEmbed(nn.Module):
         return self.weights(coords, segment_ids, cu_seqlens) @ self.table
 
 
-def positional_embedding(c: NaViTConfig) -> nn.Module:
+def positional_embedding(c: NaViTConfig) -> nn.Module | None:
+    """The additive position table of ``c.pos_mode``; None for rotary positions (applied in attention)."""
+    if c.pos_mode == "rope2d":
+        return None
     if c.pos_mode == "resized":
         return ResizedPosEmbed(c.pos_table, c.dim)
     rows, cols = c.pos_rows_cols
@@ -168,28 +252,52 @@ class Attention(nn.Module):
         self.k_norm = qk_norm(c.qk_norm, self.heads, self.head_dim, c)
         self.proj = nn.Linear(inner, c.dim, bias=c.proj_bias)
         self.impl = "dense"
+        self.slot = 0  # > 0: windows of at most this many tokens in slots (see attention.window_slot_attention)
 
-    def forward(self, x: torch.Tensor, segment_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, segment_ids: torch.Tensor, cu_seqlens: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         t = x.shape[0]
         q, k, v = self.qkv(x).reshape(t, 3, self.heads, self.head_dim).unbind(1)
         q, k = self.q_norm(q), self.k_norm(k)
-        out = get_attention(self.impl)(q, k, v, segment_ids, cu_seqlens, self.scale)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        if self.slot:
+            out = get_attention("window-slots")(q, k, v, segment_ids, cu_seqlens, self.scale, slot=self.slot)
+        else:
+            out = get_attention(self.impl)(q, k, v, segment_ids, cu_seqlens, self.scale)
         return self.proj(out.reshape(t, self.heads * self.head_dim))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block."""
+    """Pre-norm transformer block. ``windowed``: the model hands it the window lengths instead of the images'."""
+
+    def __init__(self, c: NaViTConfig, windowed: bool = False) -> None:
+        super().__init__()
+        self.norm1 = block_norm(c.dim, c)
+        self.attn = Attention(c)
+        self.norm2 = block_norm(c.dim, c)
+        self.mlp = mlp(c)
+        self.windowed = windowed
+
+    def forward(self, x: torch.Tensor, segment_ids: torch.Tensor, cu_seqlens: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), segment_ids, cu_seqlens, rope)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerger(nn.Module):
+    """Qwen-VL's merger: norm each token, concatenate the ``merge x merge`` contiguous tokens of a block, MLP
+    (exact GELU) to ``out_dim``: ``[T, dim] -> [T / merge^2, out_dim]`` (T a multiple of ``merge^2``)."""
 
     def __init__(self, c: NaViTConfig) -> None:
         super().__init__()
-        self.norm1 = layer_norm(c.dim, c)
-        self.attn = Attention(c)
-        self.norm2 = layer_norm(c.dim, c)
-        self.mlp = mlp(c)
+        self.unit = c.frontend.merge_size ** 2
+        self.hidden = c.dim * self.unit
+        self.norm = block_norm(c.dim, c, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(self.hidden, self.hidden), nn.GELU(), nn.Linear(self.hidden, c.out_dim))
 
-    def forward(self, x: torch.Tensor, segment_ids: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), segment_ids, cu_seqlens)
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm(x).reshape(-1, self.hidden))
 
 
 class MaskedAttentionPool(nn.Module):

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from navit_deploy.packing.packer import Packable, PackedBatch, Packer
+from navit_deploy.packing.windows import WindowSpec
 
 MIN_PACK_TOKENS = 2  # the exported graphs' smallest token axis
 
@@ -29,11 +30,13 @@ def trim_pack(pack: PackedBatch, bucket: int) -> PackedBatch:
     """``pack`` cut to its valid tokens rounded up to a multiple of ``bucket`` (padding sits at the end)."""
     if bucket <= 0:
         return pack
+    bucket = math.lcm(bucket, pack.unit)  # whole merge blocks
     n = max(MIN_PACK_TOKENS, math.ceil(pack.num_valid / bucket) * bucket)
     if n >= pack.pack_len:
         return pack
+    wseg = pack.window_segment_ids[:n] if pack.window_segment_ids is not None else None
     return replace(pack, patches=pack.patches[:n], coords=pack.coords[:n], segment_ids=pack.segment_ids[:n],
-                   valid=pack.valid[:n])
+                   valid=pack.valid[:n], window_segment_ids=wseg)
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ VARLEN_CAPACITY = 2048
 
 
 def recommended_packing(budget: int, lowering: str = "dense", provider: str = "cpu",
-                        max_images: int = 64) -> BucketedPacker:
+                        max_images: int = 64, windows: "WindowSpec | None" = None) -> BucketedPacker:
     """The default packing for a per-image token ``budget`` and an attention lowering.
 
     Dense mask: capacity ``max(budget, DENSE_MIN_CAPACITY)``: a budget-sized image gets a pack of its
@@ -75,7 +78,9 @@ def recommended_packing(budget: int, lowering: str = "dense", provider: str = "c
         capacity = max(budget, DENSE_MIN_CAPACITY)
     else:
         capacity = max(budget, VARLEN_CAPACITY)
-    return BucketedPacker(capacity, max_images, bucket)
+    if windows is not None:
+        capacity = math.ceil(capacity / windows.unit) * windows.unit
+    return BucketedPacker(capacity, max_images, bucket, windows=windows)
 
 
 def describe_packer(packer: Packer) -> str:

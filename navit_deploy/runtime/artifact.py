@@ -22,7 +22,13 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class DeploymentArtifact:
-    """Front end, packing, labels, lowering and provenance of an exported NaViT."""
+    """Front end, packing, labels, lowering and provenance of an exported NaViT.
+
+    ``output_kind``: ``"pooled"`` (one embedding per image, and logits with a classifier) or ``"tokens"`` (a VLM
+    tower: merged visual tokens per image, ``token_dim`` wide; artifacts written before this field read as
+    pooled). ``inputs``: the model's input names (six for a windowed tower); ``window``: a window's side in
+    merged tokens (0: none); the merge size is the front end's.
+    """
 
     frontend: FrontendConfig
     labels: tuple[str, ...]
@@ -39,17 +45,40 @@ class DeploymentArtifact:
     extra: dict[str, Any] = field(default_factory=dict)
     outputs: tuple[str, ...] = ("embeddings", "logits")  # ("embeddings",): no classifier
     family: str = "navit"  # the architecture family the model was imported from
+    output_kind: str = "pooled"
+    inputs: tuple[str, ...] = ("patches", "coords", "segment_ids", "cu_seqlens")
+    window: int = 0
+    token_dim: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["frontend"] = self.frontend.to_dict()
         d["labels"] = list(self.labels)
         d["outputs"] = list(self.outputs)
+        d["inputs"] = list(self.inputs)
         return d
 
     @property
     def has_logits(self) -> bool:
         return "logits" in self.outputs
+
+    @property
+    def windows(self):  # -> WindowSpec | None (packing imports stay out of the artifact's import time)
+        """How packs for this model hold merge blocks and windows; None for a pooled model."""
+        if self.output_kind != "tokens":
+            return None
+        from navit_deploy.packing.windows import WindowSpec
+
+        return WindowSpec(self.frontend.merge_size, self.window)
+
+    def require_pooled(self, what: str) -> None:
+        """Refuse a tokens artifact where one pooled vector per image is needed (``what``: the command)."""
+        if self.output_kind != "pooled":
+            from navit_deploy.errors import OutputKindError
+
+            raise OutputKindError(f"{what} needs one pooled embedding per image, but this model ({self.family}) "
+                                  f"returns {self.output_kind} (merged visual tokens for a language model); use "
+                                  "`navit run`/the Pipeline, whose results carry visual_tokens")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DeploymentArtifact":
@@ -60,8 +89,11 @@ class DeploymentArtifact:
                                             "re-export the model with this version of navit-deploy")
             kw["frontend"] = FrontendConfig.from_dict(kw["frontend"])
             kw["labels"] = tuple(kw["labels"])
-            if "outputs" in kw:
-                kw["outputs"] = tuple(kw["outputs"])
+            for key in ("outputs", "inputs"):
+                if key in kw:
+                    kw[key] = tuple(kw[key])
+            if kw.get("output_kind", "pooled") not in ("pooled", "tokens"):
+                raise ArtifactMismatchError(f"output_kind must be 'pooled' or 'tokens', got {kw['output_kind']!r}")
             return cls(**kw)
         except (KeyError, TypeError) as exc:
             raise ArtifactMismatchError(f"not a navit-deploy artifact description ({exc})") from exc
@@ -89,8 +121,11 @@ def check_io_shapes(artifact: DeploymentArtifact, inputs: dict[str, list[Any]], 
     """What in a model's input/output shapes contradicts its artifact (patch width, embedding width); empty when
     nothing does. Symbolic dimensions (names, None) are not checked."""
     want = {"patches": (inputs, artifact.frontend.patch_dim, "patch width (C*p*p)"),
-            "coords": (inputs, 2, "coordinate width"),
-            "embeddings": (outputs, artifact.dim, "embedding width")}
+            "coords": (inputs, 2, "coordinate width")}
+    if artifact.output_kind == "tokens":
+        want["tokens"] = (outputs, artifact.token_dim, "visual token width")
+    else:
+        want["embeddings"] = (outputs, artifact.dim, "embedding width")
     if artifact.has_logits:
         want["logits"] = (outputs, len(artifact.labels) or None, "number of classes")
     problems = []

@@ -16,7 +16,7 @@ import numpy as np
 
 from navit_deploy.errors import ArtifactMismatchError, BackendUnavailableError
 from navit_deploy.runtime.artifact import DeploymentArtifact, check_io_shapes, read_artifact, sha256_file
-from navit_deploy.runtime.runner import INPUT_NAMES, PackLimits, Runner, RunnerOutput
+from navit_deploy.runtime.runner import PackLimits, Runner, RunnerOutput
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 CUSTOM_DOMAINS = {"trt-plugin": "navit", "trt-native": "trt", "ort-packed": "com.microsoft"}
@@ -107,6 +107,9 @@ class OnnxRunner(Runner):
         self.session = None
         super().__init__(self.artifact.frontend.patch_dim, limits=None)
         self.max_grid = self.artifact.frontend.max_grid
+        self.input_names = tuple(self.artifact.inputs)
+        self.output_kind = self.artifact.output_kind
+        self.windows = self.artifact.windows
 
     def _read_artifact(self) -> DeploymentArtifact:
         try:
@@ -169,7 +172,7 @@ class OnnxRunner(Runner):
             raise ArtifactMismatchError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from exc
         names = [i.name for i in self.session.get_inputs()]
         outs = [o.name for o in self.session.get_outputs()]
-        if names != list(INPUT_NAMES) or outs != list(self.artifact.outputs):
+        if names != list(self.input_names) or outs != list(self.artifact.outputs):
             self.session = None
             raise ArtifactMismatchError(f"{self.path} is not a NaViT export: inputs {names}, outputs {outs}")
         problems = check_io_shapes(self.artifact, {i.name: i.shape for i in self.session.get_inputs()},
@@ -187,7 +190,13 @@ class OnnxRunner(Runner):
                                        f"{self.max_grid}x{self.max_grid} positional table; lower the budget "
                                        "(max_patches: navit infer --max-patches)")
         assert self.session is not None
-        outs = self.session.run(list(self.artifact.outputs), {k: feed[k] for k in INPUT_NAMES})
+        outs = self.session.run(list(self.artifact.outputs), {k: feed[k] for k in self.input_names})
+        if self.output_kind == "tokens":
+            tokens = np.asarray(outs[0], dtype=np.float32)
+            if tokens.ndim != 2 or tokens.shape[1] != self.artifact.token_dim:
+                raise ArtifactMismatchError(f"{self.path} returned tokens of shape {list(tokens.shape)}, but its "
+                                            f"artifact says [blocks, {self.artifact.token_dim}]; re-export the model")
+            return RunnerOutput(None, None, tokens)
         emb = outs[0]
         if emb.ndim != 2 or emb.shape[1] != self.artifact.dim:
             raise ArtifactMismatchError(f"{self.path} returned embeddings of shape {list(emb.shape)}, but its artifact "

@@ -23,13 +23,13 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from navit_deploy.errors import ImageError
 from navit_deploy.frontend import FrontendConfig, ImageSource, PreparedImage, describe_source, prepare_image
 from navit_deploy.frontend.loading import ChannelOrder
-from navit_deploy.packing import PackedBatch, Packer, StreamPolicy
+from navit_deploy.packing import PackedBatch, Packer, StreamPolicy, split_tokens
 from navit_deploy.runtime.memory import trim_heap
 from navit_deploy.runtime.results import ImageResult
 from navit_deploy.runtime.runner import Runner
@@ -202,6 +202,25 @@ class Pipeline:
     trim_memory: bool = True
     stats: PipelineStats = field(default_factory=PipelineStats)
 
+    def __post_init__(self) -> None:
+        # A VLM tower's packs hold whole merge blocks, in window order with the window lengths: whatever packer
+        # the caller gave, it packs the way the runner's model needs.
+        spec = getattr(self.runner, "windows", None)
+        if spec is not None and (self.packer.windows != spec or self.packer.pack_len % spec.unit):
+            cap = -(-self.packer.pack_len // spec.unit) * spec.unit
+            self.packer = replace(self.packer, pack_len=cap, windows=spec)
+
+    def with_budget(self, *, max_patches: int | None = None, upscale: bool | None = None,
+                    min_pixels: int | None = None, max_pixels: int | None = None) -> "Pipeline":
+        """A pipeline on the same runner at another per-image budget (see :meth:`FrontendConfig.with_budget`),
+        for one call: ``pipe.with_budget(max_pixels=1024 * 1024).run(images)``. Its packs are lengthened when
+        a full-budget image would no longer fit one; its counters are its own."""
+        fe = self.frontend.with_budget(max_patches=max_patches, upscale=upscale, min_pixels=min_pixels,
+                                       max_pixels=max_pixels)
+        need = fe.max_tokens_per_image
+        packer = self.packer if need <= self.packer.pack_len else replace(self.packer, pack_len=need)
+        return replace(self, frontend=fe, packer=packer, stats=PipelineStats())
+
     def prepare(self, index: int, src: ImageSource, stats: PipelineStats | None = None) -> PreparedImage | ImageResult:
         """Front end for one image; an error result instead of an exception for a bad image (or an input of a
         type the front end does not take). Its CPU time is added to ``stats`` when given."""
@@ -307,6 +326,14 @@ class Pipeline:
             st.computed_tokens += pack.pack_len
             st.valid_tokens += pack.num_valid
         results = []
+        if out.tokens is not None:
+            per_image = split_tokens(out.tokens, pack.cu_seqlens, pack.unit, pack.block_order)
+            for row, idx in enumerate(pack.image_index.tolist()):
+                p = prepared[idx]
+                results.append(ImageResult(idx, names[idx], tokens=p.num_tokens, grid=p.grid, resized_size=p.resized_size,
+                                           original_size=p.original_size, output_kind="tokens",
+                                           visual_tokens=per_image[row]))
+            return results
         for row, idx in enumerate(pack.image_index.tolist()):
             p = prepared[idx]
             logits = out.logits[row] if out.logits is not None else None

@@ -16,7 +16,12 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ImageResult:
-    """What happened to one input image: outputs on success, a typed error otherwise."""
+    """What happened to one input image: outputs on success, a typed error otherwise.
+
+    ``output_kind`` says which outputs a success carries: ``"pooled"``, one ``embedding`` (and ``logits`` with
+    a classifier); ``"tokens"``, a VLM tower's ``visual_tokens [n / merge^2, D]`` in the model's own order
+    (``embedding`` is None).
+    """
 
     index: int
     name: str
@@ -28,10 +33,19 @@ class ImageResult:
     original_size: tuple[int, int] | None = None
     error: str | None = None
     error_type: str | None = None
+    output_kind: str = "pooled"
+    visual_tokens: np.ndarray | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def vector(self) -> np.ndarray | None:
+        """The output as one vector (the embedding, or the visual tokens flattened), for comparisons."""
+        if self.output_kind == "tokens":
+            return None if self.visual_tokens is None else self.visual_tokens.reshape(-1)
+        return self.embedding
 
     @property
     def top1(self) -> int:
@@ -51,6 +65,15 @@ class ImageResult:
         if not self.ok:
             d["error"] = self.error
             d["error_type"] = self.error_type
+            return d
+        if self.output_kind == "tokens":
+            assert self.visual_tokens is not None
+            d.update({"output_kind": "tokens", "visual_tokens_shape": list(self.visual_tokens.shape),
+                      "tokens": self.tokens, "grid": list(self.grid) if self.grid else None,
+                      "resized_size": list(self.resized_size) if self.resized_size else None,
+                      "original_size": list(self.original_size) if self.original_size else None})
+            if with_embedding:
+                d["visual_tokens"] = self.visual_tokens.tolist()
             return d
         assert self.embedding is not None
         if self.logits is not None:

@@ -16,17 +16,21 @@ from navit_deploy.errors import InputValidationError
 from navit_deploy.packing import PackedBatch
 
 INPUT_NAMES = ("patches", "coords", "segment_ids", "cu_seqlens")
+WINDOW_INPUTS = ("window_segment_ids", "window_cu_seqlens")  # windowed VLM towers take these two more
 OUTPUT_NAMES = ("embeddings", "logits")  # a model without a classifier has the first one only
 INPUT_DTYPES = {"patches": np.float32, "coords": np.int64, "segment_ids": np.int64, "cu_seqlens": np.int32}
+WINDOW_DTYPES = {"window_segment_ids": np.int64, "window_cu_seqlens": np.int32}
 
 
 @dataclass(frozen=True)
 class RunnerOutput:
     """Per-image outputs of one pack, in pack order: ``embeddings [B, D]`` and, for a model with a classifier,
-    ``logits [B, C]`` (float32; None otherwise)."""
+    ``logits [B, C]`` (float32; None otherwise); or, for a VLM tower, ``tokens [L / merge^2, D]``, the merged
+    tokens of the whole pack (``embeddings`` None)."""
 
-    embeddings: np.ndarray
+    embeddings: np.ndarray | None
     logits: np.ndarray | None = None
+    tokens: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,15 @@ class PackLimits:
     min_pack_len: int = 1
 
 
-def validate_inputs(feed: dict[str, np.ndarray], patch_dim: int, limits: PackLimits | None = None) -> None:
+def validate_inputs(feed: dict[str, np.ndarray], patch_dim: int, limits: PackLimits | None = None,
+                    names: tuple[str, ...] = INPUT_NAMES) -> None:
     """Check names, dtypes, shapes, finiteness and limits of a model feed; raise a clear error otherwise."""
-    missing = [n for n in INPUT_NAMES if n not in feed]
-    extra = [n for n in feed if n not in INPUT_NAMES]
+    missing = [n for n in names if n not in feed]
+    extra = [n for n in feed if n not in names]
     if missing or extra:
-        raise InputValidationError(f"feed must have exactly {list(INPUT_NAMES)}; missing {missing}, unexpected {extra}")
-    for name, dtype in INPUT_DTYPES.items():
+        raise InputValidationError(f"feed must have exactly {list(names)}; missing {missing}, unexpected {extra}")
+    for name in names:
+        dtype = {**INPUT_DTYPES, **WINDOW_DTYPES}[name]
         if feed[name].dtype != dtype:
             raise InputValidationError(f"input {name!r} must be {np.dtype(dtype).name}, got {feed[name].dtype}")
     patches, coords, seg, cu = (feed[n] for n in INPUT_NAMES)
@@ -70,6 +76,14 @@ def validate_inputs(feed: dict[str, np.ndarray], patch_dim: int, limits: PackLim
                                        f"[{limits.min_pack_len}, {limits.max_pack_len}]; use a smaller pack length")
         if b > limits.max_images:
             raise InputValidationError(f"pack has {b} images, more than this backend's limit of {limits.max_images}")
+    if "window_cu_seqlens" in names:
+        wseg, wcu = feed["window_segment_ids"], feed["window_cu_seqlens"]
+        if wseg.shape != (t,) or wcu.ndim != 1 or wcu.shape[0] < 2:
+            raise InputValidationError(f"'window_segment_ids' must be [{t}] and 'window_cu_seqlens' [W+1], got "
+                                       f"{list(wseg.shape)}, {list(wcu.shape)}")
+        if wcu[0] != 0 or np.any(np.diff(wcu) <= 0) or wcu[-1] != cu[-1]:
+            raise InputValidationError("'window_cu_seqlens' must start at 0, strictly increase and end where "
+                                       f"'cu_seqlens' ends ({int(cu[-1])}): {wcu.tolist()[:8]}...")
 
 
 class Runner(ABC):
@@ -83,6 +97,12 @@ class Runner(ABC):
     #: How many :meth:`infer` calls the pipeline may run at once. 1 unless a runner is safe to call from
     #: several threads and gains from it (ONNX Runtime on CPU).
     concurrency: int = 1
+
+    #: The model's inputs (six for a windowed VLM tower), its kind of output, and how its packs hold merge
+    #: blocks and windows (None: a pooled model). Set from the artifact by the runners that have one.
+    input_names: tuple[str, ...] = INPUT_NAMES
+    output_kind: str = "pooled"
+    windows: Any = None
 
     def __init__(self, patch_dim: int, limits: PackLimits | None = None) -> None:
         self.patch_dim = patch_dim
@@ -111,11 +131,18 @@ class Runner(ABC):
         if not self.is_active:
             self.activate()
         feed = pack.model_inputs() if isinstance(pack, PackedBatch) else pack
-        validate_inputs(feed, self.patch_dim, self.limits)
+        validate_inputs(feed, self.patch_dim, self.limits, self.input_names)
         out = self._infer(feed)
         b = feed["cu_seqlens"].shape[0] - 1
-        if out.embeddings.shape[0] != b or (out.logits is not None and out.logits.shape[0] != b):
-            raise InputValidationError(f"{self.name} returned {out.embeddings.shape[0]} rows for {b} images")
+        if out.tokens is not None:
+            rows = feed["patches"].shape[0] // max(1, self.windows.unit if self.windows is not None else 1)
+            if out.tokens.shape[0] != rows:
+                raise InputValidationError(f"{self.name} returned {out.tokens.shape[0]} token rows for a pack of "
+                                           f"{rows} merge blocks")
+            return out
+        if out.embeddings is None or out.embeddings.shape[0] != b or (out.logits is not None and out.logits.shape[0] != b):
+            got = None if out.embeddings is None else out.embeddings.shape[0]
+            raise InputValidationError(f"{self.name} returned {got} rows for {b} images")
         return out
 
     @abstractmethod

@@ -23,6 +23,12 @@ class TorchRunner(Runner):
         self.model.set_attention(attention).eval()
         self.device = device
         super().__init__(self.model.config.patch_dim, limits)
+        c = self.model.config
+        self.input_names = c.inputs
+        if c.output == "tokens":
+            from navit_deploy.packing.windows import WindowSpec
+
+            self.output_kind, self.windows = "tokens", WindowSpec(c.frontend.merge_size, c.window_merged)
 
     def _activate(self) -> None:
         self.model.to(self.device)
@@ -31,8 +37,9 @@ class TorchRunner(Runner):
         import torch  # noqa: PLC0415
 
         with torch.inference_mode():
-            args = [torch.from_numpy(np.ascontiguousarray(feed[n])).to(self.device)
-                    for n in ("patches", "coords", "segment_ids", "cu_seqlens")]
+            args = [torch.from_numpy(np.ascontiguousarray(feed[n])).to(self.device) for n in self.input_names]
             outs = self.model(*args)
+        if self.output_kind == "tokens":
+            return RunnerOutput(None, None, outs[0].float().cpu().numpy())
         logits = outs[1].float().cpu().numpy() if len(outs) > 1 else None
         return RunnerOutput(outs[0].float().cpu().numpy(), logits)

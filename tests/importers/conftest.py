@@ -98,3 +98,70 @@ def vit_dir(tmp_path_factory):
     save_file(model.state_dict(), str(d / "model.safetensors"))
     (d / "config.json").write_text(json.dumps({**VIT_ARGS, "preprocess": {"mean": [0.5] * 3, "std": [0.25] * 3}}))
     return d, model
+
+
+# Qwen2.5-VL / Qwen2-VL vision towers: small configs, windows on (112 px = 4 merged tokens per side) with
+# full attention in blocks 1 and 3, head dims 32 and 80 (the real models' 1280 / 16).
+QWEN25_VISION = dict(depth=4, hidden_size=64, intermediate_size=96, num_heads=2, out_hidden_size=96,
+                     fullatt_block_indexes=[1, 3], window_size=112, patch_size=14, spatial_merge_size=2,
+                     temporal_patch_size=2)
+QWEN2_VISION = dict(depth=4, embed_dim=64, hidden_size=96, mlp_ratio=2, num_heads=2, patch_size=14,
+                    spatial_merge_size=2, temporal_patch_size=2)
+QWEN_TEXT = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1, max_position_embeddings=64,
+                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 56 * 56, 28 * 28 * 160
+
+
+def qwen_processor(min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_MAX_PIXELS):
+    """transformers' own ``Qwen2VLImageProcessor`` (the PIL backend: no torchvision here)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def perturb_qwen(model: "torch.nn.Module", seed: int = 0) -> "torch.nn.Module":
+    """:func:`perturb`, plus the merger's norm (``ln_q``), and q/k/v weights of a trained model's scale (x8: attention
+    logits of a few units instead of ~0.02, so positions and windows matter; much more makes fp32 softmax the
+    limit of parity)."""
+    perturb(model, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln_q" in name and name.endswith("weight"):
+                p.copy_(1 + torch.randn(p.shape, generator=g) * 0.5)
+            elif name.endswith("attn.qkv.weight"):
+                p.mul_(8.0)
+    return model.eval()
+
+
+def build_qwen(out: Path, kind: str = "2.5", layout: str = "full", shard: bool = False,
+               vision: dict | None = None) -> "torch.nn.Module":
+    """A Qwen2.5-VL (``kind="2.5"``) or Qwen2-VL (``"2"``) checkpoint saved with ``save_pretrained``: the whole
+    VLM (``layout="full"``, keys ``model.visual.*``) or the vision tower alone (``"vision"``). Returns the tower."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    vc = {**(QWEN25_VISION if kind == "2.5" else QWEN2_VISION), **(vision or {})}
+    cfg_cls, model_cls = ((tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLForConditionalGeneration) if kind == "2.5"
+                          else (tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration))
+    model = model_cls(cfg_cls(vision_config=vc, text_config=QWEN_TEXT)).eval()
+    tower = perturb_qwen(model.model.visual)
+    saved = model if layout == "full" else tower
+    saved.save_pretrained(out, max_shard_size="100KB" if shard else "5GB")
+    qwen_processor().save_pretrained(out)
+    return tower
+
+
+@pytest.fixture(scope="session")
+def qwen_dirs(tmp_path_factory):
+    """``{name: (dir, reference tower)}``: Qwen2.5-VL whole, vision-only and sharded (the same weights),
+    Qwen2-VL, and Qwen2.5-VL with head dim 80."""
+    out = {}
+    for name, kind, layout, shard, vision in (("2.5", "2.5", "full", False, None), ("2.5-vision", "2.5", "vision", False, None),
+                                              ("2.5-sharded", "2.5", "full", True, None), ("2", "2", "full", False, None),
+                                              ("2.5-hd80", "2.5", "full", False, dict(hidden_size=160, num_heads=2,
+                                                                                      intermediate_size=128))):
+        d = tmp_path_factory.mktemp(f"qwen_{name}")
+        out[name] = (d, build_qwen(d, kind, layout, shard, vision))
+    return out

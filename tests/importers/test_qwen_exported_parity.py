@@ -1,0 +1,191 @@
+"""Qwen-VL towers through export and the packing runtime: every attention lowering (ONNX Runtime, reference kernels
+for the custom nodes) against transformers from its processor's identical pixels, packing invariance, the
+runtime's restoring of each image's token order, and the commands that refuse a tokens artifact."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from navit_deploy.errors import ConfigError, OutputKindError
+from navit_deploy.export.lowerings import LOWERINGS
+from navit_deploy.model.weights import load_model, model_digest
+from tests.importers.test_hf_qwen_vl import _images, max_abs, reference_pixels, reference_tokens
+
+torch = pytest.importorskip("torch")
+
+CASES = [(name, low) for name in ("2.5", "2", "2.5-hd80") for low in LOWERINGS
+         if name == "2.5" or low in ("dense", "ort-packed", "trt-plugin")]
+
+
+def _export(path, lowering, out):
+    from navit_deploy.export.onnx_export import export_onnx
+
+    return export_onnx(load_model(path), out, lowering=lowering, weights_sha256=model_digest(path)).path
+
+
+def _run(onnx_path, lowering, items, pack_len=2048, max_images=64):
+    from navit_deploy.packing import Packer
+    from navit_deploy.runtime.onnx_runner import OnnxRunner, native_providers
+    from navit_deploy.runtime.pipeline import Pipeline
+
+    runner = OnnxRunner(onnx_path, reference_ops="cpu" not in native_providers(lowering))
+    with runner:
+        pipe = Pipeline(runner, runner.artifact.frontend, Packer(pack_len, max_images))
+        good = dict(enumerate(items))
+        return pipe.run_packs(pipe.packer.pack(list(good.values()), list(good)), good)
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return reference_pixels(_images())
+
+
+@pytest.mark.parametrize("name,lowering", CASES)
+def test_every_lowering_matches_transformers_from_identical_pixels(qwen_dirs, pixels, name, lowering, tmp_path):
+    path, tower = qwen_dirs[name]
+    inp, items = pixels
+    if lowering == "trt-plugin" and name == "2.5-hd80":
+        with pytest.raises(ConfigError, match="head dim is 80"):
+            _export(path, lowering, tmp_path / "m.onnx")
+        return
+    onnx_path = _export(path, lowering, tmp_path / f"m.{lowering}.onnx")
+    ref = reference_tokens(tower, inp)
+    packed = _run(onnx_path, lowering, items)
+    assert all(r.ok and r.output_kind == "tokens" and r.embedding is None for r in packed)
+    got = [r.visual_tokens for r in packed]
+    err = max_abs(got, ref)
+    alone = [_run(onnx_path, lowering, [it])[0].visual_tokens for it in items]
+    inv = max_abs(got, alone)
+    print(f"qwen {name} {lowering}: identical pixels max abs {err:.2e}, invariance {inv:.2e}")
+    assert err <= 1e-4 and inv <= 1e-5, (err, inv)
+
+
+@pytest.fixture(scope="module")
+def dense(qwen_dirs, tmp_path_factory):
+    path, tower = qwen_dirs["2.5"]
+    return path, tower, _export(path, "dense", tmp_path_factory.mktemp("qwen_dense") / "m.dense.onnx")
+
+
+def test_mistake_window_order_not_restored_by_the_runtime(dense, pixels, monkeypatch):
+    from navit_deploy.runtime import pipeline
+
+    path, tower, onnx_path = dense
+    inp, items = pixels
+    ref = reference_tokens(tower, inp)
+    real = pipeline.split_tokens
+    monkeypatch.setattr(pipeline, "split_tokens", lambda t, cu, unit, order: real(t, cu, unit, None))
+    err = max_abs([r.visual_tokens for r in _run(onnx_path, "dense", items)], ref)
+    print(f"runtime mistake window order: {err:.3f}")
+    assert err > 1e-2
+
+
+def test_the_artifact_says_tokens_and_old_artifacts_read_as_pooled(dense):
+    from navit_deploy.runtime.artifact import DeploymentArtifact, read_artifact
+
+    _, _, onnx_path = dense
+    art = read_artifact(onnx_path)
+    assert art.output_kind == "tokens" and art.outputs == ("tokens",) and art.window == 4 and art.token_dim == 96
+    assert art.inputs[-2:] == ("window_segment_ids", "window_cu_seqlens") and art.pack_len % 4 == 0
+    old = {k: v for k, v in art.to_dict().items() if k not in ("output_kind", "inputs", "window", "token_dim")}
+    assert DeploymentArtifact.from_dict({**old, "outputs": ["embeddings"]}).output_kind == "pooled"
+    with pytest.raises(OutputKindError, match="navit embed"):
+        art.require_pooled("navit embed")
+
+
+def test_results_json_describe_the_tokens(dense, pixels):
+    _, _, onnx_path = dense
+    r = _run(onnx_path, "dense", pixels[1][:1])[0]
+    d = r.to_json([], with_embedding=True)
+    assert d["output_kind"] == "tokens" and d["visual_tokens_shape"] == list(r.visual_tokens.shape)
+    assert np.allclose(np.array(d["visual_tokens"]), r.visual_tokens)
+
+
+def test_commands_that_need_pooled_vectors_refuse_a_tokens_model(dense, qwen_dirs, tmp_path, capsys):
+    from navit_deploy.cli import main
+
+    path, _, onnx_path = dense
+    assert main(["eval", "--onnx", str(onnx_path)]) == 2
+    assert "pooled embedding" in capsys.readouterr().err
+    assert main(["eval", "--model", str(path)]) == 2
+    assert "merged visual tokens" in capsys.readouterr().err
+    from navit_deploy.compile.engine import CompileRequest, plan_compile
+
+    with pytest.raises(ConfigError, match="window axis"):
+        plan_compile(CompileRequest(onnx_path, tmp_path / "m.engine"))
+
+
+def test_cli_import_writes_a_project_model(qwen_dirs, pixels, tmp_path, capsys):
+    from navit_deploy.cli import main
+
+    path, tower = qwen_dirs["2"]
+    assert main(["import", str(path), "--out", str(tmp_path / "mine"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["family"] == "qwen-vl" and info["outputs"] == ["tokens"]
+    from tests.importers.test_hf_qwen_vl import ours
+
+    inp, items = pixels
+    assert max_abs(ours(load_model(tmp_path / "mine", attention="segment"), items), reference_tokens(tower, inp)) <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Images as users have them: a JPEG photo, an RGBA PNG, a grey scan, an 83:1 strip, an EXIF-rotated phone
+    photo, and a corrupt file."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("qwen_files")
+    rng = np.random.default_rng(7)
+    paths = []
+    for name, (w, h), mode in [("photo.jpg", (640, 480), "RGB"), ("icon.png", (35, 20), "RGBA"),
+                               ("scan.png", (300, 420), "L"), ("strip.png", (1000, 12), "RGB"),
+                               ("phone.jpg", (240, 320), "RGB")]:
+        arr = rng.integers(0, 255, (h, w, len(mode)), dtype=np.uint8)
+        img = Image.fromarray(arr[..., 0] if mode == "L" else arr, mode)
+        kw = {}
+        if name == "phone.jpg":
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            kw["exif"] = exif
+        img.save(d / name, **kw)
+        paths.append(str(d / name))
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    paths.append(str(d / "broken.jpg"))
+    return paths
+
+
+@pytest.mark.parametrize("name,lowering", [("2.5", low) for low in LOWERINGS] + [("2", "dense")])
+def test_navit_parity_from_files_on_every_lowering(qwen_dirs, files, name, lowering, tmp_path):
+    from navit_deploy.parity_run import run_parity
+    from navit_deploy.runtime.onnx_runner import native_providers
+
+    path, _ = qwen_dirs[name]
+    onnx_path = _export(path, lowering, tmp_path / f"m.{lowering}.onnx")
+    runs = {r.check: r for r in run_parity(str(path), str(onnx_path), files,
+                                           reference_ops="cpu" not in native_providers(lowering))}
+    assert set(runs) == {"source pixels", "source files", "packing invariance"}
+    for r in runs.values():
+        assert r.passed, (r.check, r.report.failures)
+        assert r.report.summary["compared"] == len(files) - 1  # the corrupt file: an error on both sides
+    s = {k: r.report.summary for k, r in runs.items()}
+    print(f"qwen {name} {lowering}: pixels {s['source pixels']['max_abs_embedding_max']:.2e}, files cosine "
+          f"{s['source files']['cosine_min']:.7f}, invariance {s['packing invariance']['max_abs_embedding_max']:.2e}")
+    assert s["source pixels"]["max_abs_embedding_max"] <= 1e-4
+    assert s["source files"]["cosine_min"] >= 0.9999
+    assert s["packing invariance"]["max_abs_embedding_max"] <= 1e-5
+
+
+def test_cli_parity_on_a_qwen_dir(qwen_dirs, files, tmp_path, capsys):
+    from pathlib import Path
+
+    from navit_deploy.cli import main
+
+    path, _ = qwen_dirs["2.5-vision"]
+    onnx_path = _export(path, "dense", tmp_path / "m.onnx")
+    folder = str(Path(files[0]).parent)
+    assert main(["parity", "--model", str(path), "--onnx", str(onnx_path), "--images", folder, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [c["check"] for c in out["checks"]] == ["source pixels", "source files", "packing invariance"]
+    assert out["passed"]
