@@ -38,27 +38,47 @@ class Progress:
         self.stream = stream or sys.stderr
         self._title = title
         self._bar = None
+        self._stage_left = 0.0
         self._inner = 0 if total is None else 1
         if total is not None:
             fmt = "{desc} {percentage:3.0f}%|{bar}| {elapsed} elapsed, ~{remaining} left"
             self._bar = tqdm(total=total, desc=title, file=self.stream, disable=not enabled, bar_format=fmt,
                              position=0, leave=True, dynamic_ncols=True)
 
-    def stage(self, name: str) -> None:
-        """Name the stage that runs now (shown beside the job's bar)."""
+    def stage(self, name: str, weight: float = 0.0) -> None:
+        """Name the stage that runs now (shown beside the job's bar); ``weight``: its share of the job's
+        total, which :meth:`steps` inside it move the job bar through as they go."""
+        self._stage_left = weight
         if self._bar is not None:
             self._bar.set_description_str(f"{self._title}: {name}")
 
     def advance(self, weight: float) -> None:
-        """A stage of ``weight`` finished."""
+        """``weight`` more of the job is done."""
         if self._bar is not None:
             self._bar.update(min(weight, max(0.0, self._bar.total - self._bar.n)))
 
+    def finish_stage(self) -> None:
+        """The current stage ended: the job bar takes what its steps have not yet moved it by."""
+        self.advance(self._stage_left)
+        self._stage_left = 0.0
+
     @contextmanager
     def steps(self, name: str, total: int, unit: str = "step") -> Iterator[Any]:
-        """A bar for ``total`` steps inside the current stage (``.update(1)``, ``.set_postfix_str``)."""
-        bar = tqdm(total=total, desc=name, unit=unit, file=self.stream, disable=not self.enabled,
-                   position=self._inner, leave=self._bar is None, dynamic_ncols=True)
+        """A bar for ``total`` steps inside the current stage (``.update(k)``, ``.set_postfix_str``). Its
+        estimate is the mean time per step so far (steps of one round of a benchmark differ a lot; over
+        whole rounds the mean is right), and each step moves the job bar by its share of the stage."""
+        share = self._stage_left / max(1, total)
+        job = self
+
+        class _Steps(tqdm):
+            def update(self, n: float = 1) -> bool | None:  # noqa: D102
+                moved = min(job._stage_left, share * n)
+                job._stage_left -= moved
+                job.advance(moved)
+                return super().update(n)
+
+        bar = _Steps(total=total, desc=name, unit=unit, file=self.stream, disable=not self.enabled,
+                     position=self._inner, leave=self._bar is None, dynamic_ncols=True, smoothing=0)
         try:
             yield bar
         finally:

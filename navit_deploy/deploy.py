@@ -42,13 +42,13 @@ class _Stages:
 
     @contextmanager
     def run(self, name: str, kind: str) -> Iterator[None]:
-        self.progress.stage(name)
+        self.progress.stage(name, STAGE_SECONDS[kind])
         t = time.perf_counter()
         try:
             yield
         finally:
             self.seconds[name] = round(time.perf_counter() - t, 1)
-            self.progress.advance(STAGE_SECONDS[kind])
+            self.progress.finish_stage()
 
 
 def deploy(model: str, out: Path, images: str | None = None, quick: bool = False,

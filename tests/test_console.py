@@ -65,3 +65,21 @@ def test_bench_progress_on_stderr_json_on_stdout(tiny_model_dir, exported, tmp_p
     captured = capsys.readouterr()
     assert json.loads(captured.out)["rows"]  # stdout is the JSON alone
     assert "bench thumbnails (3 images)" in captured.err and "4/4" in captured.err
+
+
+def test_steps_move_the_job_bar_through_their_stage():
+    stream = io.StringIO()
+    with Progress("job", 10.0, enabled=True, stream=stream) as p:
+        p.stage("a", 2.0)
+        p.finish_stage()
+        assert p._bar.n == 2.0
+        p.stage("bench", 8.0)
+        with p.steps("passes", 4) as bar:
+            bar.update(1)
+            assert p._bar.n == 4.0  # a quarter of the stage's 8
+            bar.update(2)
+            assert p._bar.n == 8.0
+        p.finish_stage()  # the stage's last quarter, once
+        assert p._bar.n == 10.0
+        p.finish_stage()
+        assert p._bar.n == 10.0
