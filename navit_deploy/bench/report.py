@@ -246,7 +246,8 @@ def write_plots(report: dict[str, Any], out: Path, picture: dict[str, Any] | Non
         packs = sorted(picture["capacity_packs"], key=lambda p: -p.num_images)[:16]
         title = (f"packs.png: workload '{picture['workload']}', {len(picture['packs'])} packs of its default packing "
                  f"({picture['packing']}), drawn at capacity{' (first 16)' if len(packs) < len(picture['capacity_packs']) else ''}")
-        paths.append(draw_packs(packs, out / "packs.png", names=names, title=title))
+        paths.append(draw_packs(packs, out / "packs.png", names=names, title=title,
+                                capacity=max(p.pack_len for p in picture["capacity_packs"])))
     return paths
 
 

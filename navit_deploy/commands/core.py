@@ -244,7 +244,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
         try:
             draw_packs(packs, args.png, names=[Path(n).name for n in names],
-                       title=f"{len(prepared)} images, {describe_packer(packer)}")
+                       title=f"{len(prepared)} images, {describe_packer(packer)}", capacity=packer.pack_len)
         except (OSError, ValueError) as exc:  # unwritable path, unknown image extension
             raise ConfigError(f"--png {args.png}: cannot write the picture ({exc})") from exc
         report["png"] = args.png
