@@ -128,9 +128,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
             if "error" in e:
                 print(f"{e['path']}: ERROR {e['error_type']}: {e['error']}", file=sys.stderr)
                 continue
+            size = f"{e['tokens']} tokens, resized {e['resized_size'][0]}x{e['resized_size'][1]}"
+            if e.get("output_kind") == "tokens":
+                rows, width = e["visual_tokens_shape"]
+                print(f"{e['path']}: {rows} visual tokens x {width} | {size}")
+                continue
             top = ", ".join(f"{t['label']} {t['score']:.3f}" for t in e.get("top_k", [])) or "embedding"
-            print(f"{e['path']}: {top} | |emb| {e['embedding_norm']:.2f} | {e['tokens']} tokens, "
-                  f"resized {e['resized_size'][0]}x{e['resized_size'][1]}")
+            print(f"{e['path']}: {top} | |emb| {e['embedding_norm']:.2f} | {size}")
     return 1 if any("error" in e for e in entries) else 0
 
 
