@@ -6,6 +6,11 @@ batches of 8 and 32, against the project's pipeline on ONNX Runtime CPU (FP32 an
 from JPEG files on disk to embeddings, at the model's own preprocessing (both sides compute the same outputs;
 the first round checks it). Every configuration runs once per round, round-robin, so ratios are paired round
 by round. GFLOP/s count the work each side executes (transformers pads every image to ``max_num_patches``).
+
+For a Qwen2.5-VL / Qwen2-VL checkpoint: transformers' ``Qwen2VLImageProcessor`` (PIL) and the vision tower
+(``sdpa``, ``eager``), several images per call as a VLM batches them (pixel rows concatenated, ``grid_thw``),
+against the runtime's merged visual tokens, both at the same ``max_pixels`` (the model's, or the bench's
+``--max-patches`` x patch^2).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 import numpy as np
 
 PEER_TARGETS = {"fp32": 1.6, "int8": 2.5}  # images/s against transformers sdpa at batch 8, end to end
+QWEN_PEER_TARGETS = {"fp32": 1.5}  # issue 13: ONNX Runtime CPU FP32 >= 1.5x transformers at equal outputs
 BASELINE = "transformers sdpa b8"
 PEERS = ("transformers",)
 
@@ -57,23 +63,54 @@ def transformers_siglip2(path: str | Path, attn: str, batch: int) -> Callable[[S
     return run
 
 
-def _ours(onnx: Path) -> tuple[Any, Callable[[Sequence[str]], tuple[list, int]], Any]:
+def transformers_qwen_vl(path: str | Path, attn: str, batch: int,
+                         max_pixels: int | None = None) -> Callable[[Sequence[str]], tuple[list, int]]:
+    """transformers' own path for a Qwen-VL tower: load_image, the processor (at ``max_pixels``), the tower on
+    ``batch`` images per call; the merged tokens of each image, flattened."""
+    import torch
+    from transformers.image_utils import load_image
+
+    from navit_deploy.importers.reference_qwen import QwenVLReference
+
+    ref = QwenVLReference(path, attn_implementation=attn)
+    kw = {"max_pixels": max_pixels} if max_pixels else {}
+
+    def run(files: Sequence[str]) -> tuple[list, int]:
+        outs, tokens = [], 0
+        for s in range(0, len(files), batch):
+            inputs = ref.processor(images=[load_image(f) for f in files[s:s + batch]], return_tensors="pt", **kw)
+            grid = inputs["image_grid_thw"]
+            tokens += int(inputs["pixel_values"].shape[0])
+            with torch.inference_mode():
+                merged = ref.model(inputs["pixel_values"], grid_thw=grid).pooler_output.numpy()
+            sizes = [int(t * h * w) // ref.merge ** 2 for t, h, w in grid.tolist()]
+            outs += [x.reshape(-1) for x in np.split(merged, np.cumsum(sizes)[:-1])]
+        return outs, tokens
+
+    return run
+
+
+def _ours(onnx: Path, max_pixels: int | None = None) -> tuple[Any, Callable[[Sequence[str]], tuple[list, int]], Any]:
     from navit_deploy.runtime.open import open_runner, pipeline_for
 
     runner, art = open_runner(onnx)
     runner.activate()
     pipe = pipeline_for(runner, art)
+    if max_pixels:
+        pipe = pipe.with_budget(max_pixels=max_pixels)
 
     def run(files: Sequence[str]) -> tuple[list, int]:
         res = pipe.run(list(files))
-        return [r.embedding for r in res], pipe.stats.computed_tokens
+        return [r.vector for r in res], pipe.stats.computed_tokens
 
     return runner, run, pipe
 
 
 def run_peers(model: str, onnx: Path, onnx_int8: Path | None, n: int = 32, repeats: int = 3, seed: int = 0,
-              peers: Sequence[str] = PEERS, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The peers' rows and ratios (see the module docstring)."""
+              peers: Sequence[str] = PEERS, log: Callable[[str], None] = print,
+              max_patches: int | None = None) -> dict[str, Any]:
+    """The peers' rows and ratios (see the module docstring). ``max_patches`` (Qwen-VL): both sides at
+    ``max_pixels = max_patches * patch^2`` instead of the model's own."""
     from navit_deploy.bench.flops import ModelShape, gemm_peak_gflops
     from navit_deploy.model.weights import model_config, model_source
 
@@ -83,25 +120,33 @@ def run_peers(model: str, onnx: Path, onnx_int8: Path | None, n: int = 32, repea
     if unknown:
         raise ConfigError(f"unknown peer(s) {unknown}; choose from {list(PEERS)}")
     src = model_source(model)
-    if "transformers" in peers and src.family != "siglip2":
-        return {"skipped": f"no transformers peer for a {src.family} model (SigLIP 2 checkpoints only)"}
+    if "transformers" in peers and src.family not in ("siglip2", "qwen-vl"):
+        return {"skipped": f"no transformers peer for a {src.family} model (SigLIP 2 and Qwen-VL checkpoints only)"}
     cfg = model_config(model)
+    qwen = src.family == "qwen-vl"
+    max_pixels = max_patches * cfg.frontend.patch_size ** 2 if qwen and max_patches else None
     shape = ModelShape.from_config(cfg)
     peak = gemm_peak_gflops()
     configs: dict[str, Callable[[Sequence[str]], tuple[list, int]]] = {}
     runners = []
-    r32, configs["navit-deploy ORT fp32"], _ = _ours(onnx)
+    r32, configs["navit-deploy ORT fp32"], _ = _ours(onnx, max_pixels)
     runners.append(r32)
     if onnx_int8 is not None:
-        r8, configs["navit-deploy ORT int8"], _ = _ours(onnx_int8)
+        r8, configs["navit-deploy ORT int8"], _ = _ours(onnx_int8, max_pixels)
         runners.append(r8)
     for attn in ("sdpa", "eager"):
         for batch in (8, 32):
-            configs[f"transformers {attn} b{batch}"] = transformers_siglip2(src.path, attn, batch)
+            if qwen:
+                if batch == 8 or attn == "sdpa":
+                    configs[f"transformers {attn} b{batch}"] = transformers_qwen_vl(src.path, attn, batch, max_pixels)
+            else:
+                configs[f"transformers {attn} b{batch}"] = transformers_siglip2(src.path, attn, batch)
     with tempfile.TemporaryDirectory(prefix="navit-peers-") as tmp:
         files = workload_files(cfg.frontend, n, seed, Path(tmp))
+        budget = (f"max_pixels {max_pixels or cfg.frontend.max_pixels}" if qwen
+                  else f"{cfg.frontend.max_patches} patches")
         log(f"[peers] {len(files)} JPEG files of the mixed workload at the model's preprocessing "
-            f"({cfg.frontend.budget}, {cfg.frontend.max_patches} patches); {len(configs)} configurations")
+            f"({cfg.frontend.budget}, {budget}); {len(configs)} configurations")
         for name, fn in configs.items():  # warm-up
             fn(files[: min(4, len(files))])
         rounds: dict[str, list[float]] = {k: [] for k in configs}
@@ -118,16 +163,20 @@ def run_peers(model: str, onnx: Path, onnx_int8: Path | None, n: int = 32, repea
                 log(f"  round {k + 1}: {name:<24} {len(files) / dt:7.2f} img/s")
     for r in runners:
         r.deactivate()
-    return _report(rounds, tokens, outputs, shape, peak, len(files), cfg)
+    report = _report(rounds, tokens, outputs, shape, peak, len(files), cfg, QWEN_PEER_TARGETS if qwen else PEER_TARGETS)
+    if qwen:
+        report["frontend"] = {"budget": "pixels", "max_patches": (max_pixels or cfg.frontend.max_pixels)
+                              // cfg.frontend.patch_size ** 2, "max_pixels": max_pixels or cfg.frontend.max_pixels}
+    return report
 
 
 def _report(rounds: dict[str, list[float]], tokens: dict[str, int], outputs: dict[str, list], shape: Any, peak: float,
-            n: int, cfg: Any) -> dict[str, Any]:
+            n: int, cfg: Any, goals: dict[str, float] = PEER_TARGETS) -> dict[str, Any]:
     from navit_deploy.bench.flops import model_flops
 
     base = rounds.get(BASELINE)
     rows = []
-    ref = np.stack(outputs[BASELINE]) if BASELINE in outputs else None
+    ref = outputs.get(BASELINE)  # per image: a pooled vector, or a VLM tower's merged tokens flattened
     for name, rates in rounds.items():
         med = float(np.median(rates))
         # Executed work: tokens each side ran through the linear layers (transformers pads to max_num_patches).
@@ -140,13 +189,12 @@ def _report(rounds: dict[str, list[float]], tokens: dict[str, int], outputs: dic
             q = [a / b for a, b in zip(rates, base)]
             row["vs_baseline"] = [round(float(np.median(q)), 3), round(min(q), 3), round(max(q), 3)]
         if ref is not None and name in outputs:
-            got = np.stack(outputs[name])
-            cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
-            row["max_abs_vs_baseline"] = float(np.abs(got - ref).max())
-            row["min_cosine_vs_baseline"] = float(cos.min())
+            pairs = list(zip(outputs[name], ref, strict=True))
+            row["max_abs_vs_baseline"] = max(float(np.abs(g - r).max()) for g, r in pairs)
+            row["min_cosine_vs_baseline"] = min(float(g @ r / np.linalg.norm(g) / np.linalg.norm(r)) for g, r in pairs)
         rows.append(row)
     targets = []
-    for precision, goal in PEER_TARGETS.items():
+    for precision, goal in goals.items():
         row = next((r for r in rows if r["config"] == f"navit-deploy ORT {precision}"), None)
         if row is not None and "vs_baseline" in row:
             targets.append({"target": f"{precision} >= {goal}x {BASELINE}, end to end from JPEG files",

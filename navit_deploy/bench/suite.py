@@ -519,7 +519,8 @@ def _run(cfg: BenchConfig, out_dir: Path | None, workdir: Path, log: Callable[[s
     if cfg.peers:
         from navit_deploy.bench.peers import run_peers
 
-        peers = run_peers(cfg.model, onnx, cfg.onnx_int8, cfg.n, cfg.repeats, cfg.seed, cfg.peers, log)
+        peers = run_peers(cfg.model, onnx, cfg.onnx_int8, cfg.n, cfg.repeats, cfg.seed, cfg.peers, log,
+                          max_patches=cfg.max_patches)
     # The peak is measured again at the end and the best kept: a shared machine rarely gives it twice.
     peak_end = gemm_peak_gflops()
     if peak_end > peak:

@@ -189,3 +189,32 @@ def test_cli_parity_on_a_qwen_dir(qwen_dirs, files, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert [c["check"] for c in out["checks"]] == ["source pixels", "source files", "packing invariance"]
     assert out["passed"]
+
+
+def test_attention_share_profiles_both_dense_forms(qwen_dirs, pixels, tmp_path):
+    from navit_deploy.bench.attention_share import _attention_nodes, profile_share
+    from navit_deploy.export.onnx_export import export_onnx
+    from navit_deploy.packing import WindowSpec, build_pack
+
+    path, _ = qwen_dirs["2.5"]
+    _, items = pixels
+    pack = build_pack(items, list(range(len(items))), windows=WindowSpec(2, 4))
+    for slots in (True, False):
+        out = export_onnx(load_model(path), tmp_path / f"m{slots}.onnx", window_slots=slots).path
+        assert len(_attention_nodes(out)) >= 2 * 4  # scores and probs @ V in every block
+        share = profile_share(out, [pack.model_inputs()])["attention_share"]
+        assert 0.0 < share < 1.0
+
+
+def test_cli_export_infer_and_quantize_on_a_qwen_dir(qwen_dirs, files, tmp_path, capsys):
+    from navit_deploy.cli import main
+
+    path, _ = qwen_dirs["2.5"]
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", "--model", str(path), "--out", str(onnx_path), "--attention", "dense"]) == 0
+    capsys.readouterr()
+    assert main(["infer", "--onnx", str(onnx_path), *files]) == 1  # the corrupt file fails, alone
+    out = capsys.readouterr()
+    assert "photo.jpg: " in out.out and "visual tokens x 96" in out.out and "broken.jpg" in out.err
+    assert main(["quantize", "--onnx", str(onnx_path), "--precision", "fp16", "--out", str(tmp_path / "m16.onnx")]) == 0
+    assert (tmp_path / "m16.onnx").is_file()
