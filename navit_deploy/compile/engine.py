@@ -198,9 +198,14 @@ def plan_compile(req: CompileRequest) -> CompilePlan:
                          f"merge block of {unit} tokens): packs of many small images will be refused at run time")
     else:
         max_images = req.max_images if req.max_images is not None else art.max_images
-        profiles = check_profiles(default_profiles(art.pack_len, max_images, art.frontend.max_patches, req.pack_lens,
-                                                   unit=unit, windowed=windowed, window=art.window))
+        profiles = check_profiles(default_profiles(art.pack_len, max_images, art.frontend.max_tokens_per_image,
+                                                   req.pack_lens, unit=unit, windowed=windowed, window=art.window))
     check_profile_inputs(profiles, patch_dim, model.input_shapes, str(req.onnx))
+    biggest, per_image = max(p.max_tokens for p in profiles), art.frontend.max_tokens_per_image
+    if per_image > biggest:
+        notes.append(f"the largest profile takes {biggest} tokens, but one image at the model's full budget has up to "
+                     f"{per_image}: such images will be refused; add a larger pack length (--pack-lens ...,"
+                     f"{-(-per_image // unit) * unit}) or lower the budget")
     if req.timing_cache is not None and not Path(req.timing_cache).parent.exists():
         raise ConfigError(f"--timing-cache {req.timing_cache}: its directory does not exist")
     return CompilePlan(req, model, tuple(profiles), needs_plugin, plugin_path, tuple(notes))
