@@ -92,6 +92,7 @@ def write_fake_tokens_onnx(path: Path, artifact: DeploymentArtifact) -> Path:
     model.metadata_props.add(key=METADATA_KEY, value=artifact.to_json())
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(path))
+    write_sidecar(path, artifact)
     return path
 
 
