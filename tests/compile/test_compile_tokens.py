@@ -11,9 +11,9 @@ import pytest
 
 from navit_deploy.compile import plugin_lib
 from navit_deploy.compile.compat import EngineInfo
-from navit_deploy.compile.engine import CompileRequest, EngineBuildError, compile_engine, plan_compile
+from navit_deploy.compile.engine import CompileRequest, compile_engine, plan_compile
 from navit_deploy.compile.profiles import PackProfile, parse_profile
-from navit_deploy.errors import ConfigError, PluginError
+from navit_deploy.errors import ArtifactMismatchError, ConfigError, PluginError
 from navit_deploy.runtime.artifact import read_artifact
 from tests.compile.fake_builder import FakeBuild
 
@@ -138,6 +138,7 @@ def test_network_with_other_outputs_than_the_artifact_is_refused(monkeypatch, fa
         self.outputs = [type(o)(name="embeddings") for o in self.outputs]
 
     monkeypatch.setattr(fake_builder.FakeNetwork, "populate", populate)
-    with pytest.raises(Exception, match=r"not a NaViT export \(tokens model.*expected inputs .*window_cu_seqlens"):
+    with pytest.raises(ArtifactMismatchError, match=r"not a NaViT export \(tokens model.*expected inputs "
+                                                    r".*window_cu_seqlens.*outputs \['tokens'\]"):
         compile_engine(_req(onnx, tmp_path, pack_lens=(256,)))
-    assert fake.configs == [] and EngineBuildError
+    assert fake.configs == []
