@@ -10,7 +10,8 @@ from navit_deploy.compile.compat import PRECISIONS
 
 PROFILE_HELP = (
     "one optimization profile, trtexec/Polygraphy shape syntax: NAME:MIN,OPT,MAX per input with x-separated dims, "
-    "e.g. --profile patches:1x768,512x768,1024x768 cu_seqlens:2,17,65 (coords and segment_ids follow patches). "
+    "e.g. --profile patches:1x768,512x768,1024x768 cu_seqlens:2,17,65 (coords and segment_ids follow patches; a Qwen-VL tower also takes "
+    "window_cu_seqlens:MIN,OPT,MAX, windows + 1, its window_segment_ids following patches). "
     "Repeat --profile for several profiles. Default: one profile per pack-length bucket (see --pack-lens)"
 )
 
