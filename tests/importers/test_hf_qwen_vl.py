@@ -101,17 +101,21 @@ def test_every_attention_implementation_and_packing_invariance(case, attention, 
     assert inv <= 1e-5, inv
 
 
-def test_window_order_is_transformers(case):
+@pytest.mark.parametrize("grids", [None, [(8, 8), (2, 2), (16, 6), (10, 34), (8, 16)]])
+def test_window_order_is_transformers(case, grids):
+    """The processor's grids, and grids of exactly whole windows, of one block, and of cut edges."""
     from transformers.vision_utils import get_vision_window_index
 
     _, _, inp, items, _ = case
-    index, cu = get_vision_window_index(inp["image_grid_thw"], 2, 112, 14)
+    grids = grids or [it.grid for it in items]
+    thw = torch.tensor([(1, h, w) for h, w in grids])
+    index, cu = get_vision_window_index(thw, 2, 112, 14)
     perms, sizes, offset = [], [], 0
-    for it in items:
-        p, s = window_order(it.grid, 2, 4)
+    for grid in grids:
+        p, s = window_order(grid, 2, 4)
         perms.append(p + offset)
         sizes.append(s)
-        offset += it.num_tokens // 4
+        offset += grid[0] * grid[1] // 4
     assert np.array_equal(np.concatenate(perms), index.numpy())
     assert np.array_equal(np.concatenate([[0], np.cumsum(np.concatenate(sizes))]), cu.numpy())
 

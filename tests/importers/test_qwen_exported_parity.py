@@ -12,6 +12,7 @@ import pytest
 from navit_deploy.errors import ConfigError, OutputKindError
 from navit_deploy.export.lowerings import LOWERINGS
 from navit_deploy.model.weights import load_model, model_digest
+from tests.importers.test_exported_parity import files  # noqa: F401 - the image files fixture (photo, RGBA, scan, ...)
 from tests.importers.test_hf_qwen_vl import _images, max_abs, reference_pixels, reference_tokens
 
 torch = pytest.importorskip("torch")
@@ -128,32 +129,6 @@ def test_cli_import_writes_a_project_model(qwen_dirs, pixels, tmp_path, capsys):
 
     inp, items = pixels
     assert max_abs(ours(load_model(tmp_path / "mine", attention="segment"), items), reference_tokens(tower, inp)) <= 1e-4
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """Images as users have them: a JPEG photo, an RGBA PNG, a grey scan, an 83:1 strip, an EXIF-rotated phone
-    photo, and a corrupt file."""
-    from PIL import Image
-
-    d = tmp_path_factory.mktemp("qwen_files")
-    rng = np.random.default_rng(7)
-    paths = []
-    for name, (w, h), mode in [("photo.jpg", (640, 480), "RGB"), ("icon.png", (35, 20), "RGBA"),
-                               ("scan.png", (300, 420), "L"), ("strip.png", (1000, 12), "RGB"),
-                               ("phone.jpg", (240, 320), "RGB")]:
-        arr = rng.integers(0, 255, (h, w, len(mode)), dtype=np.uint8)
-        img = Image.fromarray(arr[..., 0] if mode == "L" else arr, mode)
-        kw = {}
-        if name == "phone.jpg":
-            exif = Image.Exif()
-            exif[0x0112] = 6
-            kw["exif"] = exif
-        img.save(d / name, **kw)
-        paths.append(str(d / name))
-    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
-    paths.append(str(d / "broken.jpg"))
-    return paths
 
 
 @pytest.mark.parametrize("name,lowering", [("2.5", low) for low in LOWERINGS] + [("2", "dense")])
