@@ -193,3 +193,17 @@ def test_cli_export_infer_and_quantize_on_a_qwen_dir(qwen_dirs, files, tmp_path,
     assert "photo.jpg: " in out.out and "visual tokens x 96" in out.out and "broken.jpg" in out.err
     assert main(["quantize", "--onnx", str(onnx_path), "--precision", "fp16", "--out", str(tmp_path / "m16.onnx")]) == 0
     assert (tmp_path / "m16.onnx").is_file()
+
+
+def test_bench_peers_time_transformers_on_the_same_files(dense):
+    from navit_deploy.bench.peers import peers_markdown, run_peers
+
+    path, _, onnx_path = dense
+    rep = run_peers(str(path), onnx_path, None, n=3, repeats=1, log=lambda s: None, max_patches=256)
+    rows = {r["config"]: r for r in rep["rows"]}
+    assert set(rows) == {"navit-deploy ORT fp32", "transformers sdpa b8", "transformers sdpa b32",
+                         "transformers eager b8"}
+    assert rows["navit-deploy ORT fp32"]["max_abs_vs_baseline"] <= 1e-4  # equal outputs, per image
+    assert rep["frontend"]["max_pixels"] == 256 * 14 * 14
+    assert [t["target"].split(" ")[:3] for t in rep["targets"]] == [["fp32", ">=", "1.5x"]]
+    assert "navit-deploy ORT fp32" in peers_markdown(rep)
