@@ -1,7 +1,8 @@
 """``navit deploy``: export every lowering, prove parity, quantize, profile latency, and write a readable report.
 
 Works on every model source: the builtin model, a project model directory, and imported checkpoints (SigLIP 2,
-vit-pytorch NaViT), whose parity is checked against their source library when it is installed.
+vit-pytorch NaViT, Qwen2.5-VL / Qwen2-VL vision towers), whose parity is checked against their source library
+when it is installed. A tower's outputs are its merged visual tokens, compared per image flattened.
 """
 
 from __future__ import annotations
