@@ -193,6 +193,14 @@ def test_cli_export_infer_and_quantize_on_a_qwen_dir(qwen_dirs, files, tmp_path,
     assert "photo.jpg: " in out.out and "visual tokens x 96" in out.out and "broken.jpg" in out.err
     assert main(["quantize", "--onnx", str(onnx_path), "--precision", "fp16", "--out", str(tmp_path / "m16.onnx")]) == 0
     assert (tmp_path / "m16.onnx").is_file()
+    capsys.readouterr()
+    # INT8: calibration packs in window order (six inputs), then visual tokens compared with FP32's
+    assert main(["quantize", "--onnx", str(onnx_path), "--precision", "int8", "--out", str(tmp_path / "m8.onnx"),
+                 "--max-images", "16", "--eval-size", "8", "--no-cache", "--json"]) == 0
+    q = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "m8.onnx").is_file(), q
+    assert main(["embed", files[0], "--out", str(tmp_path / "e.parquet"), "--onnx", str(onnx_path)]) == 2
+    assert "pooled embedding" in capsys.readouterr().err
 
 
 def test_bench_peers_time_transformers_on_the_same_files(dense):
