@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 import math
 import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from navit_deploy.console import Progress, progress_enabled, without_torchvision_warning
 from navit_deploy.errors import ConfigError
 from navit_deploy.export.lowerings import LOWERINGS
 from navit_deploy.parity import THRESHOLDS
@@ -23,14 +27,56 @@ PARITY_KEYS = ("images", "max_abs_embedding_max", "max_abs_logit_max", "cosine_m
 QUANT_MIN_MEAN_COSINE = 0.99  # embedding models (no labels): quantized vs FP32
 
 
-def deploy(model: str, out: Path, images: str | None = None, quick: bool = False) -> dict[str, Any]:
-    """Run the whole job and write ``out/report.md`` and ``out/report.json``. Returns the JSON report."""
+# Expected seconds of each stage of the builtin model on the reference machine (2 shared x86 cores; see the
+# README): the job bar's weights, so its estimate of the time left follows the slow stages.
+# Measured: README "Set up and run" (quick 52 s, full 633 s with other jobs on half the CPUs).
+STAGE_SECONDS = {"export": 5.0, "parity": 3.5, "quantize": 8.0, "quantized parity": 2.0, "compile": 1.0,
+                 "bench": 25.0, "bench full": 450.0}
+
+
+class _Stages:
+    """Times each stage of the job, shows it on the progress bar and keeps the seconds for the report."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def run(self, name: str, kind: str) -> Iterator[None]:
+        self.progress.stage(name, STAGE_SECONDS[kind])
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - t, 1)
+            self.progress.finish_stage()
+
+
+def deploy(model: str, out: Path, images: str | None = None, quick: bool = False,
+           progress: str | bool | None = "auto") -> dict[str, Any]:
+    """Run the whole job and write ``out/report.md`` and ``out/report.json``. Returns the JSON report.
+
+    ``progress``: each stage and the benchmark's passes on stderr, with an estimate of the time left
+    (``"auto"``: when stderr is a terminal; ``"on"``/``"off"``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    total = (len(LOWERINGS) * (STAGE_SECONDS["export"] + STAGE_SECONDS["parity"])
+             + len(QUANTIZED_VARIANTS) * (STAGE_SECONDS["quantize"] + STAGE_SECONDS["quantized parity"])
+             + STAGE_SECONDS["compile"] + STAGE_SECONDS["bench" if quick else "bench full"])
+    with Progress("navit deploy", total, enabled=progress_enabled(progress)) as bar:
+        stages = _Stages(bar)
+        report = _deploy(model, out, images, quick, stages)
+    report["stage_seconds"] = stages.seconds
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(render_markdown(report))
+    return report
+
+
+def _deploy(model: str, out: Path, images: str | None, quick: bool, stages: _Stages) -> dict[str, Any]:
     from navit_deploy.bench.suite import bench_summary
     from navit_deploy.export.onnx_export import export_onnx
     from navit_deploy.model.weights import load_model, model_digest, model_source
     from navit_deploy.parity_run import parity_images, run_parity
 
-    out.mkdir(parents=True, exist_ok=True)
     src = model_source(model)
     net = load_model(model)
     digest = model_digest(model)
@@ -43,27 +89,33 @@ def deploy(model: str, out: Path, images: str | None = None, quick: bool = False
     parity_set = parity_images(images, cache=out / "parity_images")
     for name, low in LOWERINGS.items():
         try:
-            res = export_onnx(net, out / f"navit.{name}.onnx", lowering=name, weights_sha256=digest)
+            with stages.run(f"export {name}", "export"), without_torchvision_warning():
+                res = export_onnx(net, out / f"navit.{name}.onnx", lowering=name, weights_sha256=digest)
         except ConfigError as exc:  # e.g. the plugin's head dims: say so, export the others
             report["exports"].append({"lowering": name, "skipped": str(exc), "runs_on": low.tensorrt})
+            stages.progress.advance(STAGE_SECONDS["parity"])
             continue
         report["exports"].append({"lowering": name, "file": res.path.name, "mb": round(res.path.stat().st_size / 1e6, 2),
                                   "export_s": round(res.seconds, 1), "runs_on": low.tensorrt,
                                   "ort_providers": list(native_providers(name))})
         native = "cpu" in native_providers(name)
         mode = "onnxruntime-cpu" if native else "reference kernels (CPU)"
-        for run in run_parity(model, str(res.path), parity_set, reference_ops=not native):
-            report["parity"].append(_parity_row(name, mode, run))
-    quant = _quantize(model, out, parity_set, eval_size=100 if quick else 300)
+        with stages.run(f"parity {name}", "parity"):
+            for run in run_parity(model, str(res.path), parity_set, reference_ops=not native):
+                report["parity"].append(_parity_row(name, mode, run))
+    eval_size = QUICK_EVAL_IMAGES if quick else EVAL_IMAGES
+    quant = _quantize(model, out, parity_set, eval_size=eval_size, stages=stages)
     report["quantization"] = quant["rows"]
+    report["quantization_images"] = eval_size
     report["parity"] += quant["parity"]
-    report["compile"], engine_parity = _compile(model, out, parity_set)
+    with stages.run("TensorRT engines", "compile"):
+        report["compile"], engine_parity = _compile(model, out, parity_set)
     report["parity"] += engine_parity
-    report["bench"] = bench_summary(model, out / "navit.dense.onnx", quick=quick,
-                                    onnx_int8=out / f"navit.dense.{ORT_CPU_INT8}.onnx", out=out / "bench")
+    with stages.run("benchmark", "bench" if quick else "bench full"):
+        report["bench"] = bench_summary(model, out / "navit.dense.onnx", quick=quick,
+                                        onnx_int8=out / f"navit.dense.{ORT_CPU_INT8}.onnx", out=out / "bench",
+                                        progress=stages.progress)
     report["passed"] = all(p["passed"] for p in report["parity"]) and all(q.get("passed", True) for q in quant["rows"])
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    (out / "report.md").write_text(render_markdown(report))
     return report
 
 
@@ -86,7 +138,13 @@ QUANTIZED_VARIANTS = (("fp16", "fp16", "int8"), ("int8", "int8", "int8"), ("int8
 ORT_CPU_INT8 = "int8-u8"
 
 
-def _quantize(model: str, out: Path, parity_set: list, eval_size: int) -> dict[str, list]:
+# Held-out images behind the quantization table's top-1 (the README's headline figures use 1,000:
+# ``navit quantize --eval-size 1000``).
+EVAL_IMAGES = 300
+QUICK_EVAL_IMAGES = 100
+
+
+def _quantize(model: str, out: Path, parity_set: list, eval_size: int, stages: _Stages) -> dict[str, list]:
     """FP16 and INT8 from the dense export: accuracy on held-out images (top-1 where the model has labels,
     embedding cosine otherwise) and parity at each precision's thresholds."""
     from navit_deploy.calibration import quantize_model
@@ -94,16 +152,18 @@ def _quantize(model: str, out: Path, parity_set: list, eval_size: int) -> dict[s
 
     rows, parity = [], []
     for name, precision, activations in QUANTIZED_VARIANTS:
-        res = quantize_model(out / "navit.dense.onnx", out / f"navit.dense.{name}.onnx", precision,
-                             activations=activations, eval_size=eval_size, progress=False)
+        with stages.run(f"quantize {name}", "quantize"):
+            res = quantize_model(out / "navit.dense.onnx", out / f"navit.dense.{name}.onnx", precision,
+                                 activations=activations, eval_size=eval_size, progress=False)
         assert res.report is not None
         row = {**res.report.to_json(), "precision": name, "file": res.path.name,
                "mb": round(res.path.stat().st_size / 1e6, 2), "seconds": round(res.seconds, 1)}
         if not res.report.has_labels:  # an embedding model: the target is the mean cosine against FP32
             row["passed"] = res.report.cosine_mean >= QUANT_MIN_MEAN_COSINE
         rows.append(row)
-        for run in run_parity(model, str(res.path), parity_set):
-            parity.append(_parity_row(f"dense {name}", "onnxruntime-cpu", run))
+        with stages.run(f"parity dense {name}", "quantized parity"):
+            for run in run_parity(model, str(res.path), parity_set):
+                parity.append(_parity_row(f"dense {name}", "onnxruntime-cpu", run))
     return {"rows": rows, "parity": parity}
 
 
@@ -184,6 +244,17 @@ def render_markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {p['lowering']} | {p['mode']} | {CHECKS.get(p.get('check', 'pytorch'), p.get('check'))} | "
                      f"{p['images']} | {p['max_abs_embedding_max']:.2e} | {dlogit} | {p['cosine_min']:.7f} | "
                      f"{_agreement(p)} | {'pass' if p['passed'] else 'FAIL'} |")
+    refkern = [p["lowering"] for p in r["parity"] if p.get("mode") == "reference kernels (CPU)"]
+    if refkern:
+        names = ", ".join(dict.fromkeys(refkern))
+        lines += ["", f"*Reference kernels (CPU)*: {names} express attention as a custom node that no ONNX Runtime "
+                      "CPU kernel runs (TensorRT's plugin or TRT_Attention, ONNX Runtime's CUDA "
+                      "PackedMultiHeadAttention). Here those nodes run numpy reference kernels "
+                      "(`navit_deploy/runtime/reference_ops.py`: one per operator, each the same attention within "
+                      "each image, in float64), and the "
+                      "rest of each graph is the same ONNX Runtime CPU ops as the dense export. So these rows agree "
+                      "with each other exactly and with the dense row to float rounding: they prove each graph's "
+                      "wiring (shapes, cumulative lengths, token offsets), not the GPU kernels' arithmetic."]
     notes = sorted({p["note"] for p in r["parity"] if p.get("note")})
     lines += [f"", *[f"Note: {n}." for n in notes]] if notes else []
     if any(p.get("near_tie_flips") for p in r["parity"]):
@@ -192,8 +263,15 @@ def render_markdown(r: dict[str, Any]) -> str:
                       "reported but not counted against the agreement threshold."]
     if r.get("quantization"):
         labelled = all(q.get("has_labels", True) for q in r["quantization"])
+        n_eval = r.get("quantization_images") or r["quantization"][0].get("images")
         if labelled:
-            lines += ["", "## Quantization (held-out images, against the FP32 export)", "",
+            lines += ["", f"## Quantization ({n_eval} held-out images, against the FP32 export)", "",
+                      f"Top-1 on the first {n_eval} images of the held-out split (one image is "
+                      f"{100 / max(1, n_eval):.1f} points; the sampling error of a top-1 near 0.5 is about "
+                      f"±{100 * (0.25 / max(1, n_eval)) ** 0.5:.0f} points). The README's headline top-1 is on all "
+                      "1,000 held-out images (`navit eval`; `navit quantize --eval-size 1000` for the quantized "
+                      "models). Quantized and FP32 run on the same images, so their difference and the agreement "
+                      "are exact for these images.", "",
                       "| precision | file | MB | top-1 FP32 | top-1 quantized | Δ points | top-1 agreement | min cosine | "
                       "max abs Δ logit | time s |", "|---|---|---|---|---|---|---|---|---|---|"]
             for q in r["quantization"]:
@@ -227,6 +305,10 @@ def render_markdown(r: dict[str, Any]) -> str:
         from navit_deploy.bench.suite import summary_markdown
 
         lines += [summary_markdown(r["bench"])]
+    if r.get("stage_seconds"):
+        total = sum(r["stage_seconds"].values())
+        lines += ["", f"## Time per stage ({total:.0f} s in all)", "", "| stage | s |", "|---|---|"]
+        lines += [f"| {name} | {sec:g} |" for name, sec in r["stage_seconds"].items()]
     for section in r.get("extra_sections", []):
         lines += ["", section]
     return "\n".join(lines) + "\n"

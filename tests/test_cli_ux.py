@@ -18,11 +18,11 @@ def test_bench_check_exits_1_on_a_miss(monkeypatch, tmp_path, capsys, json_flag)
     import navit_deploy.bench.suite as suite
 
     args = ["bench", "--out", str(tmp_path), *json_flag]
-    monkeypatch.setattr(suite, "run_bench", lambda cfg: _bench_report(passed=False))
+    monkeypatch.setattr(suite, "run_bench", lambda cfg, **kw: _bench_report(passed=False))
     assert main(args) == 0  # without --check a miss is reported, not gated on
     assert main([*args, "--check"]) == 1
     assert "1 target(s) missed: mixed: packed >= 1.5x single" in capsys.readouterr().err
-    monkeypatch.setattr(suite, "run_bench", lambda cfg: _bench_report(passed=True))
+    monkeypatch.setattr(suite, "run_bench", lambda cfg, **kw: _bench_report(passed=True))
     assert main([*args, "--check"]) == 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import resource
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +21,8 @@ from navit_deploy.bench.anyres import anyres_tokens, square_grid_for
 from navit_deploy.packing.policy import BucketedPacker, describe_packer, recommended_packing
 from navit_deploy.frontend import FrontendConfig, grid_coords, load_image, patchify, target_size
 from navit_deploy.frontend.patchify import normalize_patches, resize_to, to_pixels
-from navit_deploy.packing import Packer
+from navit_deploy.frontend import PreparedImage
+from navit_deploy.packing import PackedBatch, Packer
 from navit_deploy.runtime.pipeline import Pipeline
 from navit_deploy.runtime.results import ImageResult
 from navit_deploy.runtime.runner import Runner
@@ -165,6 +166,9 @@ class Measurement:
     plan: Plan
     runs: list[RunTiming] = field(default_factory=list)
     peak_rss_mb: float = 0.0
+    # Model-only images/s, one per round, timed right after that round's end-to-end pass on the same packs
+    # (only for the entries :func:`measure_interleaved` was asked to time so).
+    model_rates: list[float] = field(default_factory=list)
 
     def median_run(self) -> RunTiming:
         return sorted(self.runs, key=lambda r: r.wall_s)[len(self.runs) // 2]
@@ -185,29 +189,61 @@ def measure_plans(runner: Runner, plans: Sequence[Plan], sources: Sequence[Any],
     return measure_interleaved([(runner, plan) for plan in plans], sources, repeats, warmup, workers)
 
 
+def window_packs(pipe: Pipeline, sources: Sequence[Any]) -> tuple[list[PackedBatch], dict[int, PreparedImage]]:
+    """The packs :meth:`Pipeline.run` makes of ``sources`` (each front-end window packed on its own, as
+    there), and the good images they hold: what a model-only timing must run to compare with ``run``."""
+    packs: list[PackedBatch] = []
+    good: dict[int, PreparedImage] = {}
+    for a, b in pipe.window_bounds(len(sources)):
+        window = {i: p for i in range(a, b) if not isinstance(p := pipe.prepare(i, sources[i]), ImageResult)}
+        if window:
+            packs += pipe.packer.pack(list(window.values()), list(window))
+            good.update(window)
+    return packs, good
+
+
+def _model_rate(pipe: Pipeline, packs: Sequence[PackedBatch], good: dict[int, PreparedImage]) -> float:
+    pipe.run_packs(packs, good)
+    return len(good) / pipe.stats.wall_s if good and pipe.stats.wall_s > 0 else 0.0
+
+
 def measure_interleaved(entries: Sequence[tuple[Runner, Plan]], sources: Sequence[Any], repeats: int = 3,
-                        warmup: int = 1, workers: int | None = None) -> list[Measurement]:
+                        warmup: int = 1, workers: int | None = None, model_only: Sequence[bool] | None = None,
+                        progress: Callable[[int], None] | None = None) -> list[Measurement]:
     """Time every (runner, plan) pair on ``sources``, ``repeats`` times, interleaved (A, B, ..., A, B, ...)
     so that drift of a shared machine hits every strategy and backend alike and round ``k`` of one pair
     can be compared with round ``k`` of another; ``warmup`` untimed passes over a few images first.
-    Each distinct runner is opened once for the whole measurement."""
+    Each distinct runner is opened once for the whole measurement.
+
+    ``model_only[i]``: also time pair ``i`` without the front end, right after each of its end-to-end
+    passes, on the packs that pass ran (:func:`window_packs`), into :attr:`Measurement.model_rates`; model
+    only and end to end then see the same work and the same moment of a shared machine.
+    ``progress(i)`` is called after each timed pass of pair ``i``."""
     pipes = []
     for runner, plan in entries:
         kw = {} if workers is None else {"workers": workers}
         pipes.append(Pipeline(runner, plan.frontend, plan.packer, **kw))
     results = [Measurement(plan) for _, plan in entries]
+    flags = list(model_only) if model_only is not None else [False] * len(entries)
     runners = list({id(r): r for r, _ in entries}.values())
     with ExitStack() as stack:
         for r in runners:
             stack.enter_context(r)
-        for pipe in pipes:
+        jobs = {i: window_packs(pipe, sources) for i, pipe in enumerate(pipes) if flags[i]}
+        for i, pipe in enumerate(pipes):
             for _ in range(warmup):
                 run_once(pipe, sources[: max(1, min(len(sources), 8))])
+                if i in jobs:
+                    pipe.run_packs(jobs[i][0][:2], jobs[i][1])
         for _ in range(max(1, repeats)):
-            for pipe, m in zip(pipes, results):
+            for i, (pipe, m) in enumerate(zip(pipes, results)):
                 reset_peak_rss()
                 m.runs.append(run_once(pipe, sources))
                 m.peak_rss_mb = max(m.peak_rss_mb, peak_rss_mb())
+                if i in jobs:
+                    m.model_rates.append(_model_rate(pipe, *jobs[i]))
+                if progress is not None:
+                    progress(i)
     return results
 
 
@@ -224,16 +260,15 @@ def measure_model_only(entries: Sequence[tuple[Runner, Plan]], sources: Sequence
                        warmup: int = 1) -> list[ModelOnly]:
     """Model-only images/s of every (runner, plan) pair, one value per interleaved round.
 
-    Each pair's images go through its plan's front end and packer once, untimed; then every round runs
+    Each pair's images go through its plan's front end and packer once, untimed, into the packs
+    :meth:`Pipeline.run` makes (:func:`window_packs`); then every round runs
     each pair's packs with :meth:`Pipeline.run_packs` (the runtime's own concurrency, no front end), back
     to back, so round ``k`` of INT8 and of FP32 can be compared pairwise as in :func:`measure_interleaved`.
     """
     jobs = []
     for runner, plan in entries:
         pipe = Pipeline(runner, plan.frontend, plan.packer)
-        prepared = {i: pipe.prepare(i, src) for i, src in enumerate(sources)}
-        good = {i: p for i, p in prepared.items() if not isinstance(p, ImageResult)}
-        packs = pipe.packer.pack(list(good.values()), list(good)) if good else []
+        packs, good = window_packs(pipe, sources)
         jobs.append((pipe, packs, good))
     results = [ModelOnly([], len(good), len(packs)) for _, packs, good in jobs]
     runners = list({id(r): r for r, _ in entries}.values())
@@ -245,8 +280,7 @@ def measure_model_only(entries: Sequence[tuple[Runner, Plan]], sources: Sequence
                 pipe.run_packs(packs[:2], good)
         for _ in range(max(1, repeats)):
             for (pipe, packs, good), out in zip(jobs, results):
-                pipe.run_packs(packs, good)
-                out.rates.append(len(good) / pipe.stats.wall_s if good and pipe.stats.wall_s > 0 else 0.0)
+                out.rates.append(_model_rate(pipe, packs, good))
     return results
 
 

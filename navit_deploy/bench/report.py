@@ -13,7 +13,8 @@ TABLE_COLUMNS = [  # (header, key, format)
     ("model img/s", "model_images_per_s", "{:.2f}"),
     ("tok/img", "computed_tokens_per_image", "{:.0f}"), ("merged tok/img", "merged_tokens_per_image", "{:.0f}"),
     ("pad", "padding_fraction", "{:.1%}"),
-    ("attn x", "attention_waste", "{:.2f}"), ("p50 ms", "p50_ms", "{:.1f}"), ("p99 ms", "p99_ms", "{:.1f}"),
+    ("attn x", "attention_waste", "{:.2f}"), ("img/pack", "images_per_pack", "{:.1f}"),
+    ("p50 ms", "p50_ms", "{:.1f}"), ("p99 ms", "p99_ms", "{:.1f}"),
     ("pack p50", "pack_p50_ms", "{:.1f}"), ("host", "host_fraction", "{:.1%}"),
     ("host cpu", "host_cpu_fraction", "{:.0%}"),
     ("GFLOP/s", "model_gflop_per_s", "{:.1f}"), ("%peak", "fraction_of_peak", "{:.0%}"),
@@ -21,12 +22,21 @@ TABLE_COLUMNS = [  # (header, key, format)
 ]
 
 
-COLUMN_NOTES = ("*host*: share of the end-to-end time in which the model was not running (the front end runs in "
-                "threads overlapped with the model, so this is the host on the critical path); *host cpu*: the "
-                "front end's share of the process's CPU time; *merged tok/img* (VLM towers): visual tokens per image after "
-                "the patch merger (patch tokens / merge_size^2), what the image costs in the language model's prompt; *model img/s*: the default strategy's packs run "
-                "again without the front end (the model's own throughput); *attn x*: attention scores computed / the "
-                "per-image ideal; *pack p50*: median model time per pack.")
+COLUMN_NOTES = ("*img/s*: images per second end to end (decode, resize, pack, model), the median of the interleaved "
+                "rounds; *model img/s*: the default strategy only, the same packs as its end-to-end pass run again "
+                "right after it without the front end (the model's own throughput; it can be below img/s when the "
+                "machine's load changed between the two, see the load line); *img/pack*: images per model call; "
+                "*p50 ms* / *p99 ms*: per image, the time from handing the whole workload to the pipeline (one "
+                "`Pipeline.run` call with all its images, a batch job, not one request per image) to that image's "
+                "result, over every round; *pack p50*: median time of one model call (one pack of *img/pack* images "
+                "on average); *host*: share of the end-to-end time in which the model was not running (the front end "
+                "runs in threads overlapped with the model, so this is the host on the critical path); *host cpu*: "
+                "the front end's share of the process's CPU time; *attn x*: attention scores computed / the "
+                "per-image ideal; *merged tok/img* (VLM towers): visual tokens per image after the patch merger "
+                "(patch tokens / merge_size^2), what the image costs in the language model's prompt.")
+
+# A row whose slowest round took this many times its fastest ran while the machine's load changed.
+UNSTABLE_SPREAD = 2.0
 
 
 def _fmt(value: Any, fmt: str) -> str:
@@ -42,6 +52,8 @@ def _cells(row: dict[str, Any], columns=TABLE_COLUMNS) -> list[str]:
     cells = [_fmt(row.get(key), fmt) for _, key, fmt in columns]
     if row.get("estimated"):
         cells[[c[1] for c in columns].index("images_per_s")] += "*"
+    if unstable(row):
+        cells[[c[1] for c in columns].index("images_per_s")] += "†"
     return cells
 
 
@@ -51,6 +63,11 @@ OPTIONAL_COLUMNS = ("merged_tokens_per_image",)
 
 def _present(rows: Sequence[dict[str, Any]], columns) -> list:
     return [c for c in columns if c[1] not in OPTIONAL_COLUMNS or any(r.get(c[1]) is not None for r in rows)]
+
+
+def unstable(row: dict[str, Any]) -> bool:
+    """Its rounds spread more than :data:`UNSTABLE_SPREAD` x (slowest / fastest)."""
+    return (row.get("round_spread") or 1.0) > UNSTABLE_SPREAD
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns=TABLE_COLUMNS) -> str:
@@ -70,6 +87,11 @@ def rows_markdown(rows: Sequence[dict[str, Any]]) -> str:
         out.append("| " + " | ".join(_cells(r, cols)) + " |")
     if any(r.get("estimated") for r in rows):
         out += ["", "\\* AnyRes: token count only; images/s estimated from the square strategy's tokens/s."]
+    shaky = [r for r in rows if unstable(r)]
+    if shaky:
+        out += ["", f"† Rounds of this row spread more than {UNSTABLE_SPREAD:g}x (slowest / fastest: "
+                    + ", ".join(f"{r['strategy']} {_short(r)} {r['round_spread']:.1f}x" for r in shaky)
+                    + "): the machine's load changed while it ran; compare it with care."]
     out += ["", COLUMN_NOTES]
     return "\n".join(out)
 
@@ -89,8 +111,19 @@ def targets_markdown(targets: Sequence[dict[str, Any]]) -> str:
         for c in t["checks"]:
             out.append(f"| {t['workload']} | {c['target']} | {c['value']} | {verdict(c)} |")
         for c in t.get("info", []):
-            out.append(f"| {t['workload']} | ({c['target']}) | {c['value']} | {'ok' if c['passed'] else 'below'} |")
+            out.append(f"| {t['workload']} | ({c['target']}) | {c['value']} | {info_verdict(c)} |")
+    if any(t.get("info") for t in targets):
+        out += ["", "Rows in parentheses are reported beside the targets, not targets themselves; their result says "
+                    "whether they reach the goal named there."]
     return "\n".join(out)
+
+
+def info_verdict(check: dict[str, Any]) -> str:
+    """``meets <goal>`` or ``misses <goal>`` for a reported (not targeted) figure."""
+    goal = check.get("goal")
+    if not goal:
+        return "ok" if check["passed"] else "not met"
+    return f"{'meets' if check['passed'] else 'misses'} {goal}"
 
 
 def sweep_markdown(sweep: Sequence[dict[str, Any]], best: Sequence[dict[str, Any]]) -> str:
@@ -112,6 +145,9 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"{m['images_per_workload']} images per workload, {m['repeats']} repeat(s), inputs as {m['input_format']}."),
              "", "Strategies:", ""]
     lines += [f"- **{s}**: {h}" for s, h in m["strategies"].items()]
+    from navit_deploy.bench.machine_load import describe_load
+
+    lines += ["", describe_load(m.get("load"))] if m.get("load") else []
     lines += ["", "## Strategies x backends", "", rows_markdown(report["rows"]), "",
               f"Latency: {m['latency']}.", "", "## Targets (ONNX Runtime CPU)", "", targets_markdown(report["targets"])]
     if report.get("sweep"):
@@ -210,7 +246,8 @@ def write_plots(report: dict[str, Any], out: Path, picture: dict[str, Any] | Non
         packs = sorted(picture["capacity_packs"], key=lambda p: -p.num_images)[:16]
         title = (f"packs.png: workload '{picture['workload']}', {len(picture['packs'])} packs of its default packing "
                  f"({picture['packing']}), drawn at capacity{' (first 16)' if len(packs) < len(picture['capacity_packs']) else ''}")
-        paths.append(draw_packs(packs, out / "packs.png", names=names, title=title))
+        paths.append(draw_packs(packs, out / "packs.png", names=names, title=title,
+                                capacity=max(p.pack_len for p in picture["capacity_packs"])))
     return paths
 
 
@@ -259,8 +296,13 @@ def throughput_figure(report: dict[str, Any]):
         ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         ax.set_xlabel("mean pack length (tokens)")
         ax.set_title("throughput vs pack length by strategy (run --sweep-pack-len for a sweep)", fontsize=9)
+    from matplotlib.ticker import LogFormatter
+
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    for axis, base in ((ax.xaxis, 2), (ax.yaxis, 10)):  # plain numbers (e.g. 56, 256), not 5.6x10^1, 2^8
+        axis.set_major_formatter(LogFormatter(base=base, labelOnlyBase=False))
+        axis.set_minor_formatter(LogFormatter(base=base, labelOnlyBase=False, minor_thresholds=(1, 0.4)))
     ax.set_ylabel("images/s")
     fig.tight_layout()
     return fig

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from navit_deploy.bench.backends import DEFAULT_BACKENDS, Backend, resolve_backends
+from navit_deploy.bench.machine_load import LoadMonitor
 from navit_deploy.bench.flops import ModelShape, attention_kind, gemm_peak_gflops, model_flops, useful_flops
 from navit_deploy.bench.measure import (
     STRATEGIES,
@@ -30,7 +31,6 @@ from navit_deploy.bench.measure import (
     host_breakdown,
     make_plan,
     measure_interleaved,
-    measure_model_only,
     measure_plans,
     percentiles,
     stream_camera,
@@ -45,6 +45,7 @@ from navit_deploy.bench.workloads import (
     make_workload,
     workload_sources,
 )
+from navit_deploy.console import Progress, without_torchvision_warning
 from navit_deploy.frontend import FrontendConfig
 from navit_deploy.packing import Packer
 
@@ -102,8 +103,8 @@ def _ensure_onnx(cfg: BenchConfig, workdir: Path, log: Callable[[str], None]) ->
     out = workdir / "navit.dense.onnx"
     if not out.exists():
         log(f"exporting {cfg.model} (dense lowering) -> {out}")
-        export_onnx(load_model(cfg.model), out, lowering="dense",
-                    weights_sha256=model_digest(cfg.model))
+        with without_torchvision_warning():
+            export_onnx(load_model(cfg.model), out, lowering="dense", weights_sha256=model_digest(cfg.model))
     return out
 
 
@@ -153,6 +154,7 @@ def _row(m: Measurement, b: Backend, wl: Workload, shape: ModelShape, peak: floa
         "merged_tokens_per_image": merged_tokens_per_image(valid / n_good, m.plan.frontend),
         "attention_waste": round(exec_attn / ideal_attn, 3) if ideal_attn else 1.0,
         "packs": len(run.packs), "mean_pack_len": round(computed / max(1, len(run.packs)), 1),
+        "images_per_pack": round(valid_images(run.packs) / max(1, len(run.packs)), 2),
         "p50_ms": _r(p50), "p95_ms": _r(p95), "p99_ms": _r(p99),
         "pack_p50_ms": _r(k50), "pack_p95_ms": _r(k95), "pack_p99_ms": _r(k99),
         "host_fraction": round(run.host_s / run.wall_s, 4),
@@ -174,6 +176,8 @@ def _row(m: Measurement, b: Backend, wl: Workload, shape: ModelShape, peak: floa
                                round(n_good / min(r.wall_s for r in m.runs), 3)],
         # One per interleaved round, in order: round k of every row of a workload ran back to back.
         "images_per_s_runs": [round(n_good / r.wall_s, 3) for r in m.runs],
+        # Fastest / slowest round: above UNSTABLE_SPREAD the machine's load changed during the row.
+        "round_spread": round(max(r.wall_s for r in m.runs) / min(r.wall_s for r in m.runs), 3),
         "packs_signature": _signature(run.packs),
         "latency_samples_ms": [round(x, 3) for x in packs_ms],
         "concurrency": int(getattr(b.runner(), "concurrency", 1)),
@@ -189,6 +193,11 @@ def merged_tokens_per_image(patch_tokens: float, frontend: FrontendConfig) -> fl
     if frontend.merge_size <= 1:
         return None
     return round(patch_tokens / frontend.tokens_per_merged_token, 2)
+
+
+def valid_images(packs: Sequence[tuple[int, list[int]]]) -> int:
+    """Images in ``(pack_len, seqlens)`` packs."""
+    return sum(len(s) for _, s in packs)
 
 
 def _signature(packs: Sequence[tuple[int, list[int]]]) -> str:
@@ -299,7 +308,7 @@ def evaluate_targets(rows: Sequence[dict[str, Any]], backend_key: str = TARGET_B
                 model = padded["model_ms_per_image"] / packed["model_ms_per_image"]
                 info.append({"target": "model time only: padded/packed ms per image vs computed tokens",
                              "value": f"{model:.2f}x speed vs {tokens:.2f}x tokens", "ratio": round(model / tokens, 3),
-                             "passed": model >= 0.9 * tokens})
+                             "passed": model >= 0.9 * tokens, "goal": "speed >= 0.9 x tokens"})
         checks.append({"target": "padding < 2% of computed tokens", "value": f"{packed['padding_fraction']:.2%}",
                        "ratio": packed["padding_fraction"], "passed": packed["padding_fraction"] < 0.02})
         checks.append({"target": "host preprocessing+packing < 10% of end-to-end time",
@@ -311,7 +320,8 @@ def evaluate_targets(rows: Sequence[dict[str, Any]], backend_key: str = TARGET_B
             info.append({"target": "front end share of the process's CPU time (overlapped work)",
                          "value": f"{packed['host_cpu_fraction']:.1%} "
                                   f"({packed['frontend_cpu_ms_per_image']:.2f} CPU ms per image)",
-                         "ratio": packed["host_cpu_fraction"], "passed": packed["host_cpu_fraction"] < 0.10})
+                         "ratio": packed["host_cpu_fraction"], "passed": packed["host_cpu_fraction"] < 0.10,
+                         "goal": "< 10%"})
         int8 = next((r for r in rows if r["workload"] == wl and r["backend_key"] == INT8_BACKEND
                      and r["strategy"] == "packed" and r["measured"]), None)
         if int8 is not None:
@@ -321,13 +331,13 @@ def evaluate_targets(rows: Sequence[dict[str, Any]], backend_key: str = TARGET_B
             q = paired_ratio(int8, packed)
             e2e = {"target": "INT8/FP32 images/s end to end (front end included, the same work for both)",
                    "value": f"{int8['images_per_s']:.2f} vs {packed['images_per_s']:.2f} ({_rounds(q)})",
-                   "ratio": round(q[0], 3), "passed": q[0] >= INT8_TARGET}
+                   "ratio": round(q[0], 3), "passed": q[0] >= INT8_TARGET, "goal": f">= {INT8_TARGET}x"}
             if int8.get("model_images_per_s") and packed.get("model_images_per_s"):
                 qm = paired_ratio(int8, packed, "model_images_per_s")
                 (checks if wl == "mixed" else info).append(
                     {"target": f"INT8/FP32 model images/s >= {INT8_TARGET}x (ONNX Runtime CPU, default packs)",
                      "value": f"{int8['model_images_per_s']:.2f} vs {packed['model_images_per_s']:.2f} ({_rounds(qm)})",
-                     "ratio": round(qm[0], 3), "passed": qm[0] >= INT8_TARGET})
+                     "ratio": round(qm[0], 3), "passed": qm[0] >= INT8_TARGET, "goal": f">= {INT8_TARGET}x"})
                 info.append(e2e)
             else:
                 (checks if wl == "mixed" else info).append(e2e)
@@ -383,9 +393,13 @@ def best_sweep(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------------ main
 
-def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run everything ``cfg`` asks for; writes ``bench.json``, ``bench.md`` and plots under ``cfg.out``."""
-    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None,
+              progress: Progress | None = None) -> dict[str, Any]:
+    """Run everything ``cfg`` asks for; writes ``bench.json``, ``bench.md`` and plots under ``cfg.out``.
+
+    ``progress``: a bar per workload (timed passes, what runs now, an estimate) on its stream (stderr)."""
+    progress = progress or Progress("bench", enabled=False)
+    log = log or (progress.write if progress.enabled else (lambda s: print(s, file=sys.stderr, flush=True)))
     started = time.time()
     out_dir = Path(cfg.out) if cfg.out else None
     tmp = None
@@ -396,14 +410,15 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
         tmp = tempfile.TemporaryDirectory(prefix="navit-bench-")
         workdir = Path(tmp.name)
     try:
-        return _run(cfg, out_dir, workdir, log, started)
+        return _run(cfg, out_dir, workdir, log, started, progress)
     finally:
         if tmp is not None:
             tmp.cleanup()
 
 
 def _run(cfg: BenchConfig, out_dir: Path | None, workdir: Path, log: Callable[[str], None],
-         started: float) -> dict[str, Any]:
+         started: float, progress: Progress) -> dict[str, Any]:
+    load = LoadMonitor().start()
     mcfg = _model_config(cfg.model)
     shape = ModelShape.from_config(mcfg)
     onnx = _ensure_onnx(cfg, workdir, log)
@@ -452,14 +467,19 @@ def _run(cfg: BenchConfig, out_dir: Path | None, workdir: Path, log: Callable[[s
                     plans.append(plan)
             entries += [(b, p) for p in plans]
             log(f"  {b.label}: {', '.join(p.strategy for p in plans)}")
-        ms = measure_interleaved([(b.runner(), p) for b, p in entries], sources, cfg.repeats, cfg.warmup, cfg.workers)
-        # The default strategy once more without the front end (same packs, interleaved across backends):
-        # what the model itself does, e.g. INT8 vs FP32, apart from decoding and resizing.
-        model_only = [(b, p) for b, p in entries if p.strategy == "packed"]
-        model_rates = {id(p): mo.rates for (_, p), mo in zip(
-            model_only, measure_model_only([(b.runner(), p) for b, p in model_only], sources, cfg.repeats, cfg.warmup))}
+        # The default strategy is also timed without the front end, on the packs its end-to-end pass ran, right
+        # after that pass: what the model itself does (e.g. INT8 vs FP32) apart from decoding and resizing.
+        with progress.steps(f"bench {wl.name} ({len(wl.sizes)} images)", len(entries) * max(1, cfg.repeats),
+                            "pass") as bar:
+            def tick(i: int, bar=bar) -> None:
+                bar.update(1)
+                bar.set_postfix_str(f"{entries[i][0].label} {entries[i][1].strategy}")
+
+            ms = measure_interleaved([(b.runner(), p) for b, p in entries], sources, cfg.repeats, cfg.warmup,
+                                     cfg.workers, model_only=[p.strategy == "packed" for _, p in entries],
+                                     progress=tick)
         for b in backends:
-            got = [_row(m, b, wl, shape, peak, model_rates.get(id(m.plan))) for (eb, _), m in zip(entries, ms) if eb is b]
+            got = [_row(m, b, wl, shape, peak, m.model_rates or None) for (eb, _), m in zip(entries, ms) if eb is b]
             rows += got
             if b.key in anyres_plans:
                 square = next((r for r in got if r["strategy"] == "square"), None)
@@ -522,7 +542,7 @@ def _run(cfg: BenchConfig, out_dir: Path | None, workdir: Path, log: Callable[[s
                  "peak_gemm_gflop_per_s": round(peak, 1), "peak_memory": "VmHWM reset per run via /proc/self/clear_refs",
                  "latency": "p50/p95/p99_ms: per image, from submitting the workload to its result; "
                             "pack_*: one model call",
-                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": None,
+                 "date": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": None, "load": load.stop(),
                  "strategies": {s: h for s, h in _strategy_help().items() if s in cfg.strategies}},
         "rows": rows,
         "skipped": [asdict(s) for s in skipped] + plan_skips,
@@ -595,7 +615,8 @@ def _version(mod: str) -> str | None:
 # ------------------------------------------------------------------------------------- short version
 
 def bench_summary(model: str, onnx_path: str | Path, quick: bool = True, onnx_int8: str | Path | None = None,
-                  out: str | Path | None = None, n: int | None = None) -> dict[str, Any]:
+                  out: str | Path | None = None, n: int | None = None,
+                  progress: Progress | None = None) -> dict[str, Any]:
     """The short benchmark ``navit deploy`` includes: the mixed workload, packed vs padded vs square vs one
     image at a time (and AnyRes token counts), on PyTorch eager (dense and segment loop) and ONNX Runtime
     CPU (and INT8 when given), with the targets. ``quick``: 24 images, 1 repeat, no streaming (else 64
@@ -608,21 +629,30 @@ def bench_summary(model: str, onnx_path: str | Path, quick: bool = True, onnx_in
                       backends=("ort-cpu", "ort-cpu-int8", "torch-dense", "torch-segment"),
                       repeats=1 if quick else MIN_ROUNDS_FOR_TIE, stream_frames=0 if quick else 60, plots=out is not None,
                       breakdown_images=4)
-    report = run_bench(cfg, log=lambda s: None)
+    report = run_bench(cfg, log=lambda s: None, progress=progress)
     for r in report["rows"]:
         r.pop("latency_samples_ms", None)
     return {"workload": f"mixed ({cfg.n} images)", "rows": report["rows"], "targets": report["targets"],
             "streaming": report["streaming"], "host_breakdown": report["host_breakdown"],
-            "skipped": report["skipped"], "meta": report["meta"]}
+            "skipped": report["skipped"], "meta": report["meta"], "plots": report["plots"],
+            "out": str(out) if out else None}
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     """The deploy report's benchmark section."""
     from navit_deploy.bench.report import rows_markdown, targets_markdown
 
+    from navit_deploy.bench.machine_load import describe_load
+
     lines = [f"## Benchmark: what packing buys ({summary['workload']}, end to end)", "",
-             f"Machine float32 GEMM peak (numpy): {summary['meta']['peak_gemm_gflop_per_s']} GFLOP/s.", "",
+             f"Machine float32 GEMM peak (numpy): {summary['meta']['peak_gemm_gflop_per_s']} GFLOP/s. "
+             + describe_load(summary["meta"].get("load")), "",
              rows_markdown(summary["rows"]), "", targets_markdown(summary["targets"])]
+    if summary.get("plots"):
+        where = Path(summary["out"]).name if summary.get("out") else "."
+        lines += ["", "Plots: " + ", ".join(f"[{p}]({where}/{p})" for p in summary["plots"])
+                  + f" (explained in [{where}/bench.md]({where}/bench.md)):", ""]
+        lines += [f"![{p}]({where}/{p})" for p in summary["plots"]]
     if summary.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(f"{s.get('key') or s.get('strategy')}: {s['reason']}"
                                              for s in summary["skipped"])]

@@ -65,6 +65,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="8 images per workload, 1 repeat, 15 streamed frames")
     p.add_argument("--seed", type=int, default=0, help="seed of the rendered workload images")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                   help="a bar per workload on stderr: timed passes, what runs, time left (auto: when stderr is a "
+                        "terminal)")
     p.add_argument("--check", action="store_true",
                    help="exit 1 when any target is missed (a MISS line), so CI can gate on the benchmark")
     s = p.add_argument_group("services (--serve, --embed; --repeats sets the rounds)")
@@ -172,7 +175,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.serve or args.embed:
         return cmd_service_bench(args)
     from navit_deploy.bench.measure import STRATEGIES
-    from navit_deploy.bench.report import format_table, sweep_markdown, verdict
+    from navit_deploy.bench.report import format_table, info_verdict, sweep_markdown, verdict
     from navit_deploy.bench.suite import run_bench
     from navit_deploy.bench.workloads import WORKLOADS
     from navit_deploy.errors import ConfigError
@@ -181,7 +184,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
           ([w for w in args.workloads if w not in WORKLOADS] if not args.images else [])
     if bad:
         raise ConfigError(f"unknown strategy/workload {bad}; strategies: {list(STRATEGIES)}, workloads: {list(WORKLOADS)}")
-    report = run_bench(config_from_args(args))
+    from navit_deploy.console import Progress, progress_enabled
+
+    report = run_bench(config_from_args(args), progress=Progress("navit bench", enabled=progress_enabled(args.progress)))
     if args.json:
         print(json.dumps(report, indent=1, default=str))
         return _exit_code(args, report)
@@ -202,7 +207,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for c in t["checks"]:
             print(f"[{verdict(c):<4}] {t['workload']:<11} {c['target']}: {c['value']}")
         for c in t.get("info", []):
-            print(f"[info] {t['workload']:<11} {c['target']}: {c['value']}")
+            print(f"[info] {t['workload']:<11} {c['target']}: {c['value']} ({info_verdict(c)})")
     for s in report["skipped"]:
         print(f"skipped {s.get('key') or s.get('strategy')}: {s['reason']}")
     print(f"\nwrote {Path(args.out) / 'bench.json'}, {Path(args.out) / 'bench.md'}"

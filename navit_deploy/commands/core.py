@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from navit_deploy.commands.budget_args import add_pixel_budget_args, budget_frontend
 from navit_deploy.errors import ImageError
 
 
@@ -57,6 +58,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=None, help="images per pack (default: the model's, 64)")
     p.add_argument("--max-patches", type=int, default=None, help="per-image token budget (default: the model's)")
     p.add_argument("--patch-size", type=int, default=None, help="patch side in pixels (default: the model's)")
+    add_pixel_budget_args(p)
     p.add_argument("--max-image-pixels", type=int, default=None,
                    help="decompression-bomb limit in pixels (default: the model's, 89,478,485)")
     p.add_argument("--json", action="store_true", help="print the statistics as JSON (errors too, on stdout)")
@@ -178,9 +180,21 @@ def pack_target(model: str) -> tuple[Any, str, str, int]:
         art = read_artifact(model)
         backend = "tensorrt" if Path(model).suffix in ENGINE_SUFFIXES else "cpu"
         return art.frontend, art.lowering, backend, art.max_images
-    from navit_deploy.model.weights import model_config
+    try:
+        from navit_deploy.model.weights import model_config
+    except ImportError:  # a runtime-only install (no torch): project model directories still have a config.json
+        from navit_deploy.model.config import NaViTConfig
 
+        cfg_path = (Path(__file__).resolve().parents[1] / "assets" / "builtin" if model == "builtin"
+                    else Path(model)) / "config.json"
+        return NaViTConfig.load(cfg_path).frontend, "dense", "cpu", 64
     return model_config(model).frontend, "dense", "cpu", 64
+
+
+def _merged(patch_tokens: int, fe: Any) -> dict[str, int]:
+    """``{"merged_tokens": n}`` for a model with a patch merger (Qwen-VL: patch tokens / merge_size**2, the
+    visual tokens the language model receives); nothing otherwise."""
+    return {"merged_tokens": patch_tokens // fe.tokens_per_merged_token} if fe.merge_size > 1 else {}
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
@@ -193,9 +207,10 @@ def cmd_pack(args: argparse.Namespace) -> int:
         raise ConfigError(f"--png {args.png}: the folder {Path(args.png).parent} does not exist; create it or write "
                           "the picture elsewhere")
     frontend, lowering, backend, max_images = pack_target(args.model)
-    changes = {k: v for k, v in (("max_patches", args.max_patches), ("patch_size", args.patch_size),
-                                 ("max_image_pixels", args.max_image_pixels)) if v is not None}
-    fe = frontend.replace(**changes) if changes else frontend
+    changes = {k: v for k, v in (("patch_size", args.patch_size), ("max_image_pixels", args.max_image_pixels))
+               if v is not None}
+    fe = budget_frontend(args, frontend) or frontend  # --max-patches, --min/--max-pixels
+    fe = fe.replace(**changes) if changes else fe
     max_images = args.max_images or max_images
     packer = (Packer(args.pack_len, max_images) if args.pack_len else
               recommended_packing(fe.max_tokens_per_image, lowering, backend, max_images))
@@ -217,8 +232,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
         "pack_len": packer.pack_len,
         "padding_fraction": round(pad, 6),
         "tokens": sum(p.num_tokens for p in prepared),
-        "per_image": [{"path": n, "tokens": p.num_tokens, "grid": list(p.grid), "resized_size": list(p.resized_size)}
-                      for n, p in zip(names, prepared)],
+        **_merged(sum(p.num_tokens for p in prepared), fe),
+        "per_image": [{"path": n, "tokens": p.num_tokens, **_merged(p.num_tokens, fe), "grid": list(p.grid),
+                       "resized_size": list(p.resized_size)} for n, p in zip(names, prepared)],
         "per_pack": [{"images": [names[i] for i in pk.image_index.tolist()], "tokens": pk.pack_len,
                       "valid_tokens": pk.num_valid} for pk in packs],
         "errors": errors,
@@ -228,7 +244,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
         try:
             draw_packs(packs, args.png, names=[Path(n).name for n in names],
-                       title=f"{len(prepared)} images, {describe_packer(packer)}")
+                       title=f"{len(prepared)} images, {describe_packer(packer)}", capacity=packer.pack_len)
         except (OSError, ValueError) as exc:  # unwritable path, unknown image extension
             raise ConfigError(f"--png {args.png}: cannot write the picture ({exc})") from exc
         report["png"] = args.png
@@ -237,6 +253,11 @@ def cmd_pack(args: argparse.Namespace) -> int:
     else:
         print(f"{len(prepared)} images -> {len(packs)} packs ({describe_packer(packer)}; budget "
               f"{fe.max_tokens_per_image} tokens per image), padding {pad:.2%}")
+        if "merged_tokens" in report:
+            per = [e["merged_tokens"] for e in report["per_image"]]
+            print(f"  {report['tokens']} patch tokens -> {report['merged_tokens']} visual tokens after the "
+                  f"{fe.merge_size}x{fe.merge_size} merger (per image: mean {sum(per) / len(per):.0f}, "
+                  f"{min(per)}-{max(per)})")
         for e in errors:
             print(f"  error: {e['path']}: {e['error']}", file=sys.stderr)
     return 1 if errors else 0

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from navit_deploy.commands.budget_args import add_pixel_budget_args, budget_frontend
 from navit_deploy.export.lowerings import LOWERINGS
 
 
@@ -58,6 +59,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="per-image token budget (default: the model's; within its positional table, max_grid)")
     p.add_argument("--max-image-pixels", type=positive_int, default=None,
                    help="decompression-bomb limit in pixels (default: the model's, 89,478,485)")
+    add_pixel_budget_args(p)
     p.add_argument("--reference-ops", action="store_true",
                    help="run custom-node lowerings (trt-plugin, ort-packed, trt-native) on CPU with reference "
                         "kernels (validation only, slow)")
@@ -81,10 +83,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from navit_deploy.export.onnx_export import export_onnx
     from navit_deploy.model.weights import load_model, model_digest
 
+    from navit_deploy.console import without_torchvision_warning
+
     model = load_model(args.model)
     digest = model_digest(args.model)
-    res = export_onnx(model, args.out, lowering=args.attention, weights_sha256=digest, pack_len=args.pack_len,
-                      max_images=args.max_images, opset=args.opset)
+    with without_torchvision_warning():
+        res = export_onnx(model, args.out, lowering=args.attention, weights_sha256=digest, pack_len=args.pack_len,
+                          max_images=args.max_images, opset=args.opset)
     print(f"exported {args.model} -> {res.path} ({args.attention}, {res.path.stat().st_size / 1e6:.1f} MB, "
           f"{res.seconds:.1f} s); runs on: {LOWERINGS[args.attention].tensorrt}")
     return 0
@@ -111,9 +116,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from navit_deploy.runtime.open import open_runner, pipeline_for
 
     runner, artifact = open_runner(args.onnx, provider=args.provider, reference_ops=args.reference_ops)
-    changes = {k: v for k, v in (("max_patches", args.max_patches), ("max_image_pixels", args.max_image_pixels))
-               if v is not None}
-    fe = artifact.frontend.replace(**changes) if changes else None
+    fe = budget_frontend(args, artifact.frontend) or artifact.frontend  # --max-patches, --min/--max-pixels
+    if args.max_image_pixels is not None:
+        fe = fe.replace(max_image_pixels=args.max_image_pixels)
     with runner:
         results = pipeline_for(runner, artifact, frontend=fe, pack_len=args.pack_len).run(args.images)
     labels = artifact.labels
@@ -128,19 +133,19 @@ def cmd_infer(args: argparse.Namespace) -> int:
             if "error" in e:
                 print(f"{e['path']}: ERROR {e['error_type']}: {e['error']}", file=sys.stderr)
                 continue
-            size = f"{e['tokens']} tokens, resized {e['resized_size'][0]}x{e['resized_size'][1]}"
-            if e.get("output_kind") == "tokens":
-                rows, width = e["visual_tokens_shape"]
-                print(f"{e['path']}: {rows} visual tokens x {width} | {size}")
+            size = f"resized {e['resized_size'][0]}x{e['resized_size'][1]}"
+            if e.get("output_kind") == "tokens":  # a VLM tower: merged visual tokens, no pooled embedding
+                n, dim = e["visual_tokens_shape"]
+                print(f"{e['path']}: {n} visual tokens x {dim} | {e['tokens']} patch tokens, {size}")
                 continue
             top = ", ".join(f"{t['label']} {t['score']:.3f}" for t in e.get("top_k", [])) or "embedding"
-            print(f"{e['path']}: {top} | |emb| {e['embedding_norm']:.2f} | {size}")
+            print(f"{e['path']}: {top} | |emb| {e['embedding_norm']:.2f} | {e['tokens']} tokens, {size}")
     return 1 if any("error" in e for e in entries) else 0
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from navit_deploy.deploy import deploy
 
-    report = deploy(args.model, Path(args.out), images=args.images, quick=args.quick)
+    report = deploy(args.model, Path(args.out), images=args.images, quick=args.quick, progress=args.progress)
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0 if report["passed"] else 1

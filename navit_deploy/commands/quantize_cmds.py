@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from navit_deploy.commands.budget_args import add_pixel_budget_args, budget_frontend
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quantize", help="INT8 (calibrated) or FP16 version of an exported FP32 model + accuracy report",
@@ -36,6 +38,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pack-len", type=int, default=None, help="calibration pack length (must match the model's artifact)")
     p.add_argument("--max-patches", type=int, default=None,
                    help="calibration token budget (must match the model's artifact)")
+    add_pixel_budget_args(p)
     p.add_argument("--cache-dir", default=None, help="calibration cache folder (default ~/.cache/navit_deploy/calibration)")
     p.add_argument("--no-cache", action="store_true", help="recalibrate even if cached ranges exist (and cache nothing)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
@@ -47,13 +50,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from navit_deploy.calibration.quantize import quantize_model
 
     frontend = None
-    if args.max_patches is not None:
+    if any(v is not None for v in (args.max_patches, args.min_pixels, args.max_pixels)):
         import onnx
 
         from navit_deploy.runtime.artifact import read_artifact
 
         meta = {p.key: p.value for p in onnx.load(args.onnx, load_external_data=False).metadata_props}
-        frontend = read_artifact(args.onnx, meta).frontend.replace(max_patches=args.max_patches)
+        frontend = budget_frontend(args, read_artifact(args.onnx, meta).frontend)
     res = quantize_model(args.onnx, args.out, args.precision, calib=args.calib, max_images=args.max_images,
                          method=args.method, keep_fp32=args.keep_fp32, op_types=args.op_types,
                          activations=args.activations, per_channel=not args.per_tensor, eval_size=args.eval_size,

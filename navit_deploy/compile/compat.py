@@ -300,11 +300,19 @@ def check_engine(engine_path: str | os.PathLike[str], info: EngineInfo, **kwargs
                                     f". {rebuild_hint(engine_path, info)}")
 
 
-def check_io_names(inputs: Sequence[str], outputs: Sequence[str], what: str) -> None:
-    """The network/engine must have the NaViT inputs and outputs (TensorRT may drop unused inputs)."""
+def check_io_names(inputs: Sequence[str], outputs: Sequence[str], what: str,
+                   artifact: DeploymentArtifact | None = None) -> None:
+    """The network/engine must have the model's inputs and outputs (TensorRT may drop unused inputs).
+
+    With ``artifact``, those it describes (a VLM tower: six inputs, a ``tokens`` output; a model without a
+    classifier: no ``logits``); without, the pooled NaViT's."""
     from navit_deploy.runtime.runner import INPUT_NAMES, OUTPUT_NAMES
 
-    extra = [n for n in inputs if n not in INPUT_NAMES]
-    if extra or sorted(outputs) != sorted(OUTPUT_NAMES) or "patches" not in inputs or "cu_seqlens" not in inputs:
-        raise ArtifactMismatchError(f"{what} is not a NaViT export: inputs {list(inputs)}, outputs {list(outputs)} "
-                                    f"(expected inputs {list(INPUT_NAMES)}, outputs {list(OUTPUT_NAMES)})")
+    want_in = tuple(artifact.inputs) if artifact is not None else INPUT_NAMES
+    want_out = tuple(artifact.outputs) if artifact is not None else OUTPUT_NAMES
+    extra = [n for n in inputs if n not in want_in]
+    if extra or sorted(outputs) != sorted(want_out) or "patches" not in inputs or "cu_seqlens" not in inputs:
+        kind = "" if artifact is None else f" ({artifact.output_kind} model, family {artifact.family})"
+        raise ArtifactMismatchError(f"{what} is not a NaViT export{kind}: inputs {list(inputs)}, "
+                                    f"outputs {list(outputs)} (expected inputs {list(want_in)}, outputs "
+                                    f"{list(want_out)})")

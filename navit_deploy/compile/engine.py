@@ -33,7 +33,8 @@ from navit_deploy.compile.compat import (EngineInfo, GpuInfo, PrecisionPlan, che
                                          check_lowering, is_trt11, parse_version, plan_precision, sha256_file,
                                          with_engine)
 from navit_deploy.compile.plugin_lib import PLUGIN_NAME, find_plugin_library
-from navit_deploy.compile.profiles import PackProfile, check_profiles, default_profiles
+from navit_deploy.compile.profiles import (GraphShape, PackProfile, check_profile_inputs, check_profiles,
+                                           default_profiles, fit_to_model, window_bound)
 from navit_deploy.errors import (ArtifactMismatchError, BackendUnavailableError, ConfigError, NavitError,
                                  PluginError)
 from navit_deploy.runtime.artifact import DeploymentArtifact, read_artifact, write_sidecar
@@ -78,6 +79,8 @@ class OnnxSummary:
     has_qdq: bool
     sha256: str
     qdq_problems: tuple[str, ...] = ()
+    input_shapes: dict[str, GraphShape] = field(default_factory=dict)
+    """Each graph input's declared shape: ints for static dims, the ``dim_param`` name for dynamic ones."""
 
 
 @dataclass(frozen=True)
@@ -114,18 +117,24 @@ def read_onnx_summary(path: str | os.PathLike[str]) -> OnnxSummary:
         raise ArtifactMismatchError(f"{p}: not a readable ONNX model ({exc})") from exc
     meta = {m.key: m.value for m in model.metadata_props}
     artifact = read_artifact(p, meta)
-    if artifact.output_kind == "tokens":
-        raise ConfigError(f"{p} is a VLM vision tower (merged-token output, {len(artifact.inputs)} inputs): navit "
-                          "compile does not build its engine yet, because its optimization profiles need the window "
-                          "axis (window_cu_seqlens) and the tokens output, which no TensorRT here could verify. "
-                          "Run it with ONNX Runtime (`navit infer`/`navit parity`) meanwhile")
     nodes = list(model.graph.node) + [n for fn in model.functions for n in fn.node]
     init_names = {i.name for i in model.graph.initializer}
-    inputs = tuple(i.name for i in model.graph.input if i.name not in init_names)
+    graph_inputs = [i for i in model.graph.input if i.name not in init_names]
+    inputs = tuple(i.name for i in graph_inputs)
     outputs = tuple(o.name for o in model.graph.output)
-    check_io_names(inputs, outputs, str(p))
+    check_io_names(inputs, outputs, str(p), artifact)
+    if inputs != tuple(artifact.inputs):
+        raise ArtifactMismatchError(f"{p} has inputs {list(inputs)}, its artifact says {list(artifact.inputs)}; "
+                                    "re-export the model (`navit export`)")
     qdq = [n for n in nodes if n.op_type in QDQ_OPS]
-    return OnnxSummary(artifact, inputs, outputs, bool(qdq), sha256_file(p), _qdq_problems(onnx, model, qdq))
+    shapes = {i.name: _graph_shape(i) for i in graph_inputs}
+    return OnnxSummary(artifact, inputs, outputs, bool(qdq), sha256_file(p), _qdq_problems(onnx, model, qdq), shapes)
+
+
+def _graph_shape(value_info: Any) -> GraphShape:
+    """An ONNX input's declared shape (``dim_value`` ints, ``dim_param`` names, None where neither is set)."""
+    dims = value_info.type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims)
 
 
 def _qdq_problems(onnx: Any, model: Any, qdq: list) -> tuple[str, ...]:
@@ -175,15 +184,28 @@ def plan_compile(req: CompileRequest) -> CompilePlan:
                           "symmetric signed int8 (zero point 0). Re-quantize with `navit quantize --onnx MODEL.onnx "
                           "--precision int8 --activations int8 --out MODEL.int8.onnx`")
     patch_dim = art.frontend.patch_dim
+    if patch_dim <= 0:
+        raise ConfigError(f"the artifact's patch dim is {patch_dim}")
+    unit = art.windows.unit if art.windows is not None else 1
+    windowed = "window_cu_seqlens" in model.inputs
     if req.profiles:
         if req.pack_lens or req.max_images:
             raise ConfigError("give either --profile or --pack-lens/--max-images, not both")
-        profiles = check_profiles(list(req.profiles))
+        profiles = check_profiles([fit_to_model(p, unit) for p in req.profiles])
+        short = [p for p in profiles if p.windowed and p.max_windows < window_bound(p.max_tokens, unit)]
+        if short:
+            notes.append(f"{len(short)} profile(s) allow fewer windows than their tokens can hold (up to one per "
+                         f"merge block of {unit} tokens): packs of many small images will be refused at run time")
     else:
         max_images = req.max_images if req.max_images is not None else art.max_images
-        profiles = check_profiles(default_profiles(art.pack_len, max_images, art.frontend.max_patches, req.pack_lens))
-    if patch_dim <= 0:
-        raise ConfigError(f"the artifact's patch dim is {patch_dim}")
+        profiles = check_profiles(default_profiles(art.pack_len, max_images, art.frontend.max_tokens_per_image,
+                                                   req.pack_lens, unit=unit, windowed=windowed, window=art.window))
+    check_profile_inputs(profiles, patch_dim, model.input_shapes, str(req.onnx))
+    biggest, per_image = max(p.max_tokens for p in profiles), art.frontend.max_tokens_per_image
+    if per_image > biggest:
+        notes.append(f"the largest profile takes {biggest} tokens, but one image at the model's full budget has up to "
+                     f"{per_image}: such images will be refused; add a larger pack length (--pack-lens ...,"
+                     f"{-(-per_image // unit) * unit}) or lower the budget")
     if req.timing_cache is not None and not Path(req.timing_cache).parent.exists():
         raise ConfigError(f"--timing-cache {req.timing_cache}: its directory does not exist")
     return CompilePlan(req, model, tuple(profiles), needs_plugin, plugin_path, tuple(notes))
@@ -318,7 +340,7 @@ def _build(trt: Any, poly: PolygraphyApi, plan: CompilePlan, precision: Precisio
     builder, network, parser = _parse_onnx(trt, poly.trt, plan, precision, version)
     net_inputs = [network.get_input(i).name for i in range(network.num_inputs)]
     net_outputs = [network.get_output(i).name for i in range(network.num_outputs)]
-    check_io_names(net_inputs, net_outputs, f"the network TensorRT parsed from {req.onnx}")
+    check_io_names(net_inputs, net_outputs, f"the network TensorRT parsed from {req.onnx}", plan.model.artifact)
     shape_inputs = [network.get_input(i).name for i in range(network.num_inputs) if network.get_input(i).is_shape_tensor]
     if shape_inputs:  # profiles below give shapes, not value ranges, and the runner feeds device memory
         raise EngineBuildError(f"TensorRT treats {shape_inputs} of {req.onnx} as shape tensors (their values decide "
@@ -326,10 +348,15 @@ def _build(trt: Any, poly: PolygraphyApi, plan: CompilePlan, precision: Precisio
     patch_dim = plan.model.artifact.frontend.patch_dim
     profiles = []
     for p in plan.profiles:
+        shapes = p.shapes(patch_dim)
+        uncovered = [n for n in net_inputs if n not in shapes]
+        if uncovered:  # plan_compile checked the ONNX inputs; TensorRT needs a range for every network input
+            raise EngineBuildError(f"the optimization profile {p.describe()} gives no shapes for network inputs "
+                                   f"{uncovered} of {req.onnx}")
         prof = poly.trt.Profile()
-        for name, (lo, opt, hi) in p.shapes(patch_dim).items():
-            if name in net_inputs:
-                prof.add(name, min=lo, opt=opt, max=hi)
+        for name in net_inputs:  # TensorRT drops inputs the network does not use: only the kept ones get shapes
+            lo, opt, hi = shapes[name]
+            prof.add(name, min=lo, opt=opt, max=hi)
         profiles.append(prof)
     pools = None
     if req.workspace_mib is not None:

@@ -123,11 +123,12 @@ class FrontendConfig:
         patches = {k: v for k, v in (("max_patches", max_patches), ("upscale", upscale)) if v is not None}
         pixels = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
         if pixels and self.budget != "pixels":
-            raise ConfigError(f"min_pixels/max_pixels apply to a pixel budget, and this model's budget is "
-                              f"{self.budget!r}; set max_patches instead")
+            raise ConfigError(f"min_pixels/max_pixels (--min-pixels/--max-pixels) apply to a pixel budget, and this "
+                              f"model's budget is {self.budget!r}; set max_patches (--max-patches) instead")
         if patches and self.budget == "pixels":
-            raise ConfigError("max_patches/upscale do not apply to this model's pixel budget "
-                              f"(min_pixels={self.min_pixels}, max_pixels={self.max_pixels}); set those instead")
+            raise ConfigError("max_patches/upscale (--max-patches/--no-upscale) do not apply to this model's pixel "
+                              f"budget (min_pixels={self.min_pixels}, max_pixels={self.max_pixels}); set min_pixels/"
+                              "max_pixels (--min-pixels/--max-pixels) instead")
         changes = {**patches, **pixels}
         return self.replace(**changes) if changes else self
 

@@ -10,10 +10,16 @@ built with another TensorRT (major.minor), for another GPU (compute capability, 
 other weights or another ONNX export than the caller expects, or an engine file its sidecar does not describe.
 
 Execution follows TensorRT's name-based I/O API (TensorRT >= 10): per pack it picks the smallest optimization
-profile that covers the pack's tokens and images (``set_optimization_profile_async`` when it changes), sets
-input shapes (``set_input_shape``) and tensor addresses (``set_tensor_address``), enqueues with
-``execute_async_v3`` on the runner's own CUDA stream, and copies the outputs back as float32 numpy arrays.
-Device buffers are per tensor and grow only. One runner is not meant to be used from several threads at once.
+profile that covers the pack's tokens, images and (windowed VLM towers) windows
+(``set_optimization_profile_async`` when it changes), sets every input's shape (``set_input_shape``) and
+address (``set_tensor_address``), sizes each output from ``get_tensor_shape`` once all input shapes are set,
+enqueues with ``execute_async_v3`` on the runner's own CUDA stream, and copies the outputs back as float32 numpy
+arrays. Device buffers are per tensor and grow only. One runner is not meant to be used from several threads at
+once.
+
+A VLM tower's engine (artifact ``output_kind`` "tokens") takes the pack's window inputs too and returns the
+pack's merged tokens ``[T / merge**2, D]`` in window order, as :class:`~navit_deploy.runtime.onnx_runner.OnnxRunner`
+does; ``windows`` tells the pipeline how to pack for it and how to restore each image's token order.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from navit_deploy.compile.compat import EngineInfo, check_engine, check_io_names
 from navit_deploy.compile.profiles import PackProfile, choose_profile, limits_for
 from navit_deploy.errors import ArtifactMismatchError, BackendUnavailableError, InputValidationError, NavitError
 from navit_deploy.runtime.artifact import DeploymentArtifact, read_artifact, sidecar_path
-from navit_deploy.runtime.runner import INPUT_NAMES, OUTPUT_NAMES, Runner, RunnerOutput
+from navit_deploy.runtime.runner import Runner, RunnerOutput
 
 
 class TensorRTExecutionError(NavitError):
@@ -78,6 +84,9 @@ class TensorRTRunner(Runner):
         self.precision = self.artifact.precision
         super().__init__(self.artifact.frontend.patch_dim, limits=limits_for(self.profiles))
         self.max_grid = self.artifact.frontend.max_grid
+        self.input_names = tuple(self.artifact.inputs)
+        self.output_kind = self.artifact.output_kind
+        self.windows = self.artifact.windows
         self.last_profile: int | None = None
         self._profile_set: int | None = None
         self._runtime: Any = None
@@ -128,7 +137,7 @@ class TensorRTRunner(Runner):
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._engine_inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._engine_outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        check_io_names(self._engine_inputs, self._engine_outputs, str(self.path))
+        check_io_names(self._engine_inputs, self._engine_outputs, str(self.path), self.artifact)
         self._check_engine_profiles()
         self._context = engine.create_execution_context()
         if self._context is None:
@@ -141,15 +150,14 @@ class TensorRTRunner(Runner):
     def _check_engine_profiles(self) -> None:
         """The engine's profiles must be the ones its sidecar lists (the runner selects by the sidecar)."""
         engine = self._engine
-        found = []
-        for i in range(engine.num_optimization_profiles):
-            shapes = {n: tuple(tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(n, i))
-                      for n in self._engine_inputs}
-            found.append(PackProfile.from_shapes(shapes, self.patch_dim))
-        if tuple(found) != tuple(self.profiles):
-            raise ArtifactMismatchError(f"{self.path}: the engine's optimization profiles {[p.describe() for p in found]} "
-                                        f"are not those of its sidecar {[p.describe() for p in self.profiles]}; rebuild "
-                                        f"it with `navit compile --onnx {self.info.source_onnx} --out {self.path}`")
+        found = [{n: tuple(tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(n, i))
+                  for n in self._engine_inputs} for i in range(engine.num_optimization_profiles)]
+        # Only the inputs the engine kept have profile shapes (TensorRT drops unused ones).
+        want = [{n: s for n, s in p.shapes(self.patch_dim).items() if n in self._engine_inputs} for p in self.profiles]
+        if found != want:
+            raise ArtifactMismatchError(f"{self.path}: the engine's optimization profiles {found} are not those of its "
+                                        f"sidecar {[p.describe() for p in self.profiles]}; rebuild it with "
+                                        f"`navit compile --onnx {self.info.source_onnx} --out {self.path}`")
 
     def _deactivate(self) -> None:
         cudart, env = self._cudart, self._env
@@ -193,9 +201,11 @@ class TensorRTRunner(Runner):
         trt, cudart, env, ctx = self._trt, self._cudart, self._env, self._context
         if int(feed["coords"].max(initial=0)) >= self.max_grid:
             raise InputValidationError(f"patch coordinate {int(feed['coords'].max())} is outside the model's "
-                                       f"{self.max_grid}x{self.max_grid} positional table; lower the budget")
+                                       f"{self.max_grid}x{self.max_grid} positional table; lower the budget "
+                                       "(max_patches: navit infer --max-patches)")
         tokens, images = int(feed["patches"].shape[0]), int(feed["cu_seqlens"].shape[0]) - 1
-        index = choose_profile(self.profiles, tokens, images)
+        windows = int(feed["window_cu_seqlens"].shape[0]) - 1 if "window_cu_seqlens" in feed else None
+        index = choose_profile(self.profiles, tokens, images, windows)
         self._set_profile(index)
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         keep = []  # host arrays must live until the stream is synchronized
@@ -238,13 +248,25 @@ class TensorRTRunner(Runner):
                               f"cudaMemcpyAsync({name})")
         env.cuda_call(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         del keep
-        emb, logits = (results[n][0] for n in OUTPUT_NAMES)
-        return RunnerOutput(np.asarray(emb, dtype=np.float32), np.asarray(logits, dtype=np.float32))
+        return self._output({name: out for name, (out, _) in results.items()})
+
+    def _output(self, arrays: dict[str, np.ndarray]) -> RunnerOutput:
+        """The engine's outputs as the ONNX runner returns them (merged tokens, or embeddings and logits)."""
+        art = self.artifact
+        if self.output_kind == "tokens":
+            tokens = np.asarray(arrays["tokens"], dtype=np.float32)
+            if tokens.ndim != 2 or tokens.shape[1] != art.token_dim:
+                raise ArtifactMismatchError(f"{self.path} returned tokens of shape {list(tokens.shape)}, but its "
+                                            f"artifact says [blocks, {art.token_dim}]; rebuild the engine")
+            return RunnerOutput(None, None, tokens)
+        emb = np.asarray(arrays["embeddings"], dtype=np.float32)
+        logits = np.asarray(arrays["logits"], dtype=np.float32) if "logits" in arrays else None
+        return RunnerOutput(emb, logits)
 
     @property
     def engine_inputs(self) -> tuple[str, ...]:
-        """Inputs the engine kept (TensorRT drops inputs the network does not use); a subset of INPUT_NAMES."""
-        return tuple(self._engine_inputs) if self._engine_inputs else tuple(INPUT_NAMES)
+        """Inputs the engine kept (TensorRT drops inputs the network does not use); a subset of the artifact's."""
+        return tuple(self._engine_inputs) if self._engine_inputs else tuple(self.input_names)
 
 
 __all__ = ["TensorRTExecutionError", "TensorRTRunner"]

@@ -60,6 +60,55 @@ def write_fake_onnx(path: Path, artifact: DeploymentArtifact, qdq: bool | str = 
     return path
 
 
+QWEN_FRONTEND = FrontendConfig(patch_size=14, budget="pixels", min_pixels=56 * 56, max_pixels=28 * 28 * 160,
+                               temporal_patch_size=2, merge_size=2)  # patch_dim 1176, whole 2x2 merge blocks
+WINDOW_INPUTS = ("window_segment_ids", "window_cu_seqlens")
+
+
+def make_tokens_artifact(windowed: bool = True, lowering: str = "dense", head_dim: int = 32, pack_len: int = 1024,
+                         max_images: int = 64) -> DeploymentArtifact:
+    """A Qwen2.5-VL (``windowed``) or Qwen2-VL tower's artifact: merged tokens out, 96 wide."""
+    inputs = ("patches", "coords", "segment_ids", "cu_seqlens") + (WINDOW_INPUTS if windowed else ())
+    return DeploymentArtifact(frontend=QWEN_FRONTEND, labels=(), lowering=lowering, precision="fp32",
+                              weights_sha256="ef" * 32, dim=2 * head_dim, num_heads=2, head_dim=head_dim,
+                              pack_len=pack_len, max_images=max_images, outputs=("tokens",), family="qwen-vl",
+                              output_kind="tokens", inputs=inputs, window=4 if windowed else 0, token_dim=96)
+
+
+def write_fake_tokens_onnx(path: Path, artifact: DeploymentArtifact) -> Path:
+    """A tiny graph with a VLM tower's inputs (the export's dim names) and its ``tokens [blocks, 96]`` output."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    types = {"patches": TensorProto.FLOAT, "cu_seqlens": TensorProto.INT32, "window_cu_seqlens": TensorProto.INT32}
+    dims = {"patches": ["tokens", artifact.frontend.patch_dim], "coords": ["tokens", 2],
+            "cu_seqlens": ["images_plus_1"], "window_cu_seqlens": ["windows_plus_1"]}
+    inputs = [helper.make_tensor_value_info(n, types.get(n, TensorProto.INT64), dims.get(n, ["tokens"]))
+              for n in artifact.inputs]
+    outputs = [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["blocks", artifact.token_dim])]
+    nodes = [helper.make_node("Identity", ["patches"], ["tokens"])]
+    model = helper.make_model(helper.make_graph(nodes, "fake_qwen_tower", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    model.metadata_props.add(key=METADATA_KEY, value=artifact.to_json())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(path))
+    write_sidecar(path, artifact)
+    return path
+
+
+@pytest.fixture
+def fake_tokens_onnx(tmp_path: Path):
+    """``fake_tokens_onnx(windowed=..., lowering=..., head_dim=...)`` -> path of a fake VLM tower export."""
+    count = [0]
+
+    def make(windowed: bool = True, lowering: str = "dense", head_dim: int = 32, pack_len: int = 1024) -> Path:
+        count[0] += 1
+        art = make_tokens_artifact(windowed, lowering, head_dim, pack_len)
+        return write_fake_tokens_onnx(tmp_path / f"tower{count[0]}.{lowering}.onnx", art)
+
+    return make
+
+
 @pytest.fixture
 def fake_onnx(tmp_path: Path):
     """``fake_onnx(lowering=..., precision=..., head_dim=..., qdq=..., pack_len=...)`` -> path of a fake export."""

@@ -40,9 +40,21 @@ class FakeParserError:
 
 
 class FakeNetwork:
+    """Starts as the pooled NaViT's I/O; the fake parser replaces it with the parsed ONNX file's, as TensorRT's
+    parser populates the network (less ``dropped`` inputs, which TensorRT removes when the graph does not use them)."""
+
     def __init__(self) -> None:
         self.inputs = [SimpleNamespace(name=n, is_shape_tensor=False) for n in NETWORK_INPUTS]
         self.outputs = [SimpleNamespace(name=n) for n in NETWORK_OUTPUTS]
+
+    def populate(self, path: str, dropped: tuple[str, ...] = ()) -> None:
+        import onnx
+
+        graph = onnx.load(path, load_external_data=False).graph
+        inits = {i.name for i in graph.initializer}
+        self.inputs = [SimpleNamespace(name=i.name, is_shape_tensor=False) for i in graph.input
+                       if i.name not in inits and i.name not in dropped]
+        self.outputs = [SimpleNamespace(name=o.name) for o in graph.output]
 
     num_inputs = property(lambda self: len(self.inputs))
     num_outputs = property(lambda self: len(self.outputs))
@@ -67,6 +79,7 @@ class FakeBuild:
     parser_errors: list[FakeParserError] = field(default_factory=list)
     build_raises: BaseException | None = None
     configs: list[dict] = field(default_factory=list)
+    dropped_inputs: tuple[str, ...] = ()
 
     def tensorrt(self) -> Any:
         outer = self
@@ -75,8 +88,10 @@ class FakeBuild:
             def __init__(self, network: FakeNetwork, logger: Any) -> None:
                 self.num_errors = 0
                 self._errors: list[FakeParserError] = []
+                self.network = network
 
             def parse_from_file(self, path: str) -> bool:
+                self.network.populate(path, outer.dropped_inputs)
                 self._errors = list(outer.parser_errors)
                 self.num_errors = len(self._errors)
                 return not self._errors

@@ -4,7 +4,9 @@ It mirrors only the calls :class:`TensorRTRunner` makes, with the documented sem
 profile 0 by default, shapes validated against the active profile, input shapes invalidated by a profile
 switch). "Device" memory is host memory allocated by ``cudaMalloc``, so ``cudaMemcpyAsync`` is a memmove.
 The engine computes ``embeddings[b] = mean of image b's patch rows (first D columns)`` and
-``logits = embeddings[:, :C]``. This tests our bookkeeping, not TensorRT: the real check is the GPU test.
+``logits = embeddings[:, :C]``; :class:`OnnxEngine` instead executes an exported ONNX model with ONNX Runtime on
+the inputs read back from "device" memory (a VLM tower's merged tokens, say), with its output shapes computed
+from the input shapes as TensorRT would. This tests our bookkeeping, not TensorRT: the real check is the GPU test.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ class FakeContext:
         self.shapes: dict[str, tuple] = {}
         self.addresses: dict[str, int] = {}
         self.executions = 0
+        self.fed: list[dict[str, np.ndarray]] = []  # what each execution read from its inputs' device memory
 
     def set_optimization_profile_async(self, index, stream_handle):
         assert isinstance(stream_handle, int)
@@ -150,8 +153,9 @@ class FakeContext:
     def get_tensor_shape(self, name):
         if name in self.engine.inputs:
             return self.shapes.get(name, (-1,))
-        b = self.shapes["cu_seqlens"][0] - 1
-        return (b, self.engine.dim) if name == "embeddings" else (b, self.engine.classes)
+        if self.infer_shapes():  # TensorRT: -1 where an output depends on an input shape not set yet
+            return (-1, -1)
+        return self.engine.output_shape(name, self.shapes)
 
     def _array(self, name, dtype, shape):
         n = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -162,10 +166,13 @@ class FakeContext:
         assert isinstance(stream_handle, int)
         if self.infer_shapes():
             return False
-        feed = {n: self._array(n, INPUTS[n], self.shapes[n]) for n in self.engine.inputs}
-        emb, logits = reference(feed, self.engine.dim, self.engine.classes)
-        self._array("embeddings", np.float32, emb.shape)[...] = emb
-        self._array("logits", np.float32, logits.shape)[...] = logits
+        engine = self.engine
+        feed = {n: self._array(n, engine.get_tensor_dtype(n), self.shapes[n]).copy() for n in engine.inputs}
+        self.fed.append(feed)
+        for name, value in engine.compute(feed).items():
+            want = tuple(engine.output_shape(name, self.shapes))
+            assert value.shape == want, f"{name}: computed {value.shape}, TensorRT would report {want}"
+            self._array(name, engine.get_tensor_dtype(name), value.shape)[...] = value
         self.executions += 1
         return True
 
@@ -190,6 +197,14 @@ class FakeEngine:
     def get_tensor_dtype(self, name):
         return {**INPUTS, **OUTPUTS}[name]
 
+    def output_shape(self, name, shapes):
+        b = shapes["cu_seqlens"][0] - 1
+        return (b, self.dim) if name == "embeddings" else (b, self.classes)
+
+    def compute(self, feed):
+        emb, logits = reference(feed, self.dim, self.classes)
+        return {"embeddings": emb, "logits": logits}
+
     def is_shape_inference_io(self, name):
         return False
 
@@ -201,6 +216,38 @@ class FakeEngine:
         ctx = FakeContext(self)
         self.contexts.append(ctx)
         return ctx
+
+
+ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+             "tensor(int32)": np.int32}
+
+
+class OnnxEngine(FakeEngine):
+    """A fake engine that runs an exported model with ONNX Runtime: its I/O names and dtypes are the model's,
+    its profiles those given. Output shapes: ``tokens [T / unit, D]``, ``embeddings``/``logits`` ``[B, .]``."""
+
+    def __init__(self, onnx_path, profiles, unit: int = 1, reference_ops: bool = False) -> None:
+        from navit_deploy.runtime.onnx_runner import OnnxRunner
+
+        runner = OnnxRunner(onnx_path, reference_ops=reference_ops).activate()
+        self.session = runner.session
+        ins, outs = self.session.get_inputs(), self.session.get_outputs()
+        super().__init__(profiles, patch_dim=int(ins[0].shape[1]), inputs=[i.name for i in ins])
+        self.dtypes = {v.name: ORT_TYPES[v.type] for v in [*ins, *outs]}
+        self.widths = {o.name: int(o.shape[1]) for o in outs}
+        self.names = self.inputs + [o.name for o in outs]
+        self.unit = unit
+
+    def get_tensor_dtype(self, name):
+        return self.dtypes[name]
+
+    def output_shape(self, name, shapes):
+        rows = shapes["patches"][0] // self.unit if name == "tokens" else shapes["cu_seqlens"][0] - 1
+        return (rows, self.widths[name])
+
+    def compute(self, feed):
+        names = self.names[len(self.inputs):]
+        return dict(zip(names, self.session.run(names, feed)))
 
 
 class FakeRegistry:

@@ -278,3 +278,26 @@ def test_each_porting_mistake_is_caught(mistake):
         assert all(results)
     else:
         assert not any(results), mistake
+
+
+@pytest.mark.parametrize("budget", [{}, {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 256}])
+def test_the_imported_preset_is_this_front_end(tmp_path, budget):
+    """The importer's preset, read from a preprocessor_config.json the processor wrote, gives its pixels."""
+    import json
+
+    from navit_deploy.importers.hf_qwen_vl import frontend_config
+
+    proc = qwen_pil.Qwen2VLImageProcessorPil(**budget)
+    proc.save_pretrained(tmp_path)
+    pre = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    vision = {"patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
+    fe = frontend_config(pre, vision)
+    assert fe == qwen_frontend(budget.get("min_pixels", MIN_PIXELS), budget.get("max_pixels", MAX_PIXELS)).replace(
+        max_grid=fe.max_grid)
+    reloaded = qwen_pil.Qwen2VLImageProcessorPil.from_pretrained(tmp_path)
+    for size in [(640, 480), (28, 2000), (3001, 77)]:
+        img = random_image(*size, seed=4)
+        out = reloaded(images=[img], return_tensors="np")
+        ours = prepare_pil(img, fe)
+        assert (1, *ours.grid) == tuple(out["image_grid_thw"][0])
+        assert float(np.abs(ours.patches - out["pixel_values"]).max()) <= PIXEL_ATOL
