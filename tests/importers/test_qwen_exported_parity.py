@@ -216,3 +216,19 @@ def test_bench_peers_time_transformers_on_the_same_files(dense):
     assert rep["frontend"]["max_pixels"] == 256 * 14 * 14
     assert [t["target"].split(" ")[:3] for t in rep["targets"]] == [["fp32", ">=", "1.5x"]]
     assert "navit-deploy ORT fp32" in peers_markdown(rep)
+
+
+def test_a_feed_with_windows_longer_than_the_models_is_refused(dense, pixels):
+    from dataclasses import replace
+
+    from navit_deploy.errors import InputValidationError
+    from navit_deploy.packing import WindowSpec, build_pack
+    from navit_deploy.runtime.onnx_runner import OnnxRunner
+
+    _, _, onnx_path = dense
+    pack = build_pack(pixels[1][:2], [0, 1], windows=WindowSpec(2, 4))
+    bad = replace(pack, window_cu_seqlens=pack.cu_seqlens, window_segment_ids=pack.segment_ids)  # windows = images
+    with OnnxRunner(onnx_path) as runner:
+        assert runner.infer(pack).tokens.shape == (pack.pack_len // 4, 96)
+        with pytest.raises(InputValidationError, match="longer than the model's windows of 64"):
+            runner.infer(bad)
