@@ -1,7 +1,8 @@
 """``navit deploy``: export every lowering, prove parity, quantize, profile latency, and write a readable report.
 
 Works on every model source: the builtin model, a project model directory, and imported checkpoints (SigLIP 2,
-vit-pytorch NaViT), whose parity is checked against their source library when it is installed.
+vit-pytorch NaViT, Qwen2.5-VL / Qwen2-VL vision towers), whose parity is checked against their source library
+when it is installed. A tower's outputs are its merged visual tokens, compared per image flattened.
 """
 
 from __future__ import annotations
@@ -118,6 +119,11 @@ def _deploy(model: str, out: Path, images: str | None, quick: bool, stages: _Sta
     return report
 
 
+def _what(report: dict[str, Any]) -> str:
+    """What the rows compare: the embedding, or a VLM tower's visual tokens (per token; cosine per image)."""
+    return "visual tokens" if report.get("architecture", {}).get("outputs") == ["tokens"] else "embedding"
+
+
 def _parity_row(lowering: str, mode: str, run: Any) -> dict[str, Any]:
     s = run.report.summary
     return {"lowering": lowering, "mode": mode, "check": run.check, "reference": run.reference, "note": run.note,
@@ -231,7 +237,7 @@ def render_markdown(r: dict[str, Any]) -> str:
               "References: " + "; ".join(refs) + ". *Identical pixels*: the source's own preprocessed pixels fed to "
               "both sides (the model alone). *From image files*: each side's own preprocessing (front end included). "
               "*Alone vs packed*: each image in a pack of its own against the runtime's packing.", "",
-              "| lowering | checked with | check | images | max abs Δ embedding | max abs Δ logit | min cosine | "
+              "| lowering | checked with | check | images | max abs Δ " + _what(r) + " | max abs Δ logit | min cosine | "
               "top-1 agreement | result |", "|---|---|---|---|---|---|---|---|---|"]
     for p in r["parity"]:
         dlogit = _num(p["max_abs_logit_max"], ".2e") if p.get("has_logits", True) else "-"
@@ -273,9 +279,10 @@ def render_markdown(r: dict[str, Any]) -> str:
                              f"{q['top1_delta_points']:+.1f} | {q['top1_agreement']:.3f} | {q['cosine_min']:.5f} | "
                              f"{q['max_abs_logit_diff']:.3g} | {q['seconds']} |")
         else:
-            lines += ["", f"## Quantization (embedding model: cosine against the FP32 export on {r['quantization'][0]['images']} "
+            kind = "VLM tower, visual tokens" if _what(r) != "embedding" else "embedding model"
+            lines += ["", f"## Quantization ({kind}: cosine against the FP32 export on {r['quantization'][0]['images']} "
                           f"images; target mean >= {QUANT_MIN_MEAN_COSINE})", "",
-                      "| precision | file | MB | mean cosine | min cosine | max abs Δ embedding | time s | target |",
+                      f"| precision | file | MB | mean cosine | min cosine | max abs Δ {_what(r)} | time s | target |",
                       "|---|---|---|---|---|---|---|---|"]
             for q in r["quantization"]:
                 lines.append(f"| {q['precision']} | {q['file']} | {q['mb']} | {q['cosine_mean']:.5f} | {q['cosine_min']:.5f} | "

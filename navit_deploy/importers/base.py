@@ -27,7 +27,7 @@ class ImportedModel:
 
     config: NaViTConfig
     state: dict[str, Any]  # torch tensors, keyed as NaViT's state dict
-    family: str  # "siglip2", "vit-pytorch"
+    family: str  # "siglip2", "vit-pytorch", "qwen-vl"
     source: Path
     digest: str  # sha256 of the source weights (see weights_digest)
     notes: list[str] = field(default_factory=list)  # what the conversion did that a user should know

@@ -68,10 +68,10 @@ def variant(cfg: dict[str, Any]) -> str:
 
 
 def vision_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The vision tower's config with transformers' defaults filled in (``num_heads``/``depth`` also read under
-    their aliases)."""
+    """The vision tower's config with transformers' defaults filled in (``num_heads``/``depth``/``in_channels``
+    also read under their aliases; the published configs say ``in_chans``)."""
     vc = dict(cfg.get("vision_config") or {}) if cfg.get("model_type") in FULL_TYPES else dict(cfg)
-    for alias, name in (("num_attention_heads", "num_heads"), ("num_hidden_layers", "depth")):
+    for alias, name in (("num_attention_heads", "num_heads"), ("num_hidden_layers", "depth"), ("in_chans", "in_channels")):
         if alias in vc and name not in vc:
             vc[name] = vc[alias]
     return {**(_DEFAULTS_25 if variant(cfg) == "qwen2.5-vl" else _DEFAULTS_2), **vc}

@@ -132,6 +132,13 @@ class Runner(ABC):
             self.activate()
         feed = pack.model_inputs() if isinstance(pack, PackedBatch) else pack
         validate_inputs(feed, self.patch_dim, self.limits, self.input_names)
+        spec = self.windows
+        if spec is not None and spec.window and "window_cu_seqlens" in feed:
+            most = spec.unit * spec.window ** 2  # the model's windows (the dense lowering's slots) hold no more
+            longest = int(np.diff(feed["window_cu_seqlens"]).max())
+            if longest > most:
+                raise InputValidationError(f"a window of {longest} tokens is longer than the model's windows of {most}; "
+                                           "pack with the runner's packer (Packer(windows=runner.windows))")
         out = self._infer(feed)
         b = feed["cu_seqlens"].shape[0] - 1
         if out.tokens is not None:

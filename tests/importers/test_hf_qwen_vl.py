@@ -101,17 +101,21 @@ def test_every_attention_implementation_and_packing_invariance(case, attention, 
     assert inv <= 1e-5, inv
 
 
-def test_window_order_is_transformers(case):
+@pytest.mark.parametrize("grids", [None, [(8, 8), (2, 2), (16, 6), (10, 34), (8, 16)]])
+def test_window_order_is_transformers(case, grids):
+    """The processor's grids, and grids of exactly whole windows, of one block, and of cut edges."""
     from transformers.vision_utils import get_vision_window_index
 
     _, _, inp, items, _ = case
-    index, cu = get_vision_window_index(inp["image_grid_thw"], 2, 112, 14)
+    grids = grids or [it.grid for it in items]
+    thw = torch.tensor([(1, h, w) for h, w in grids])
+    index, cu = get_vision_window_index(thw, 2, 112, 14)
     perms, sizes, offset = [], [], 0
-    for it in items:
-        p, s = window_order(it.grid, 2, 4)
+    for grid in grids:
+        p, s = window_order(grid, 2, 4)
         perms.append(p + offset)
         sizes.append(s)
-        offset += it.num_tokens // 4
+        offset += grid[0] * grid[1] // 4
     assert np.array_equal(np.concatenate(perms), index.numpy())
     assert np.array_equal(np.concatenate([[0], np.cumsum(np.concatenate(sizes))]), cu.numpy())
 
@@ -187,3 +191,38 @@ def test_mistake_full_attention_in_windowed_blocks(case):
     err = max_abs(ours(net, items), ref)
     print(f"mistake full attention: {err:.3f}")
     assert err > 100 * TOL
+
+
+def test_the_published_layout_visual_prefix(qwen_dirs, case, tmp_path):
+    """Published Qwen2.5-VL checkpoints name the tower ``visual.*`` (transformers 5 saves ``model.visual.*``)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src, _ = qwen_dirs["2.5"]
+    _, _, _, items, ref = case
+    for f in ("config.json", "preprocessor_config.json"):
+        shutil.copy(src / f, tmp_path / f)
+    state = {k.replace("model.visual.", "visual.", 1): v for k, v in load_file(str(src / "model.safetensors")).items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    assert max_abs(ours(load_model(tmp_path, attention="segment"), items), ref) <= TOL
+
+
+def test_a_real_qwen25_vl_config_describes_without_weights(tmp_path):
+    """Qwen2.5-VL-7B's vision config: 32 blocks of 1280 with 16 heads of 80, full attention in 7/15/23/31."""
+    import json
+
+    from navit_deploy.importers.hf_qwen_vl import describe
+
+    vision = dict(depth=32, hidden_act="silu", hidden_size=1280, intermediate_size=3420, num_heads=16, in_chans=3,
+                  out_hidden_size=3584, patch_size=14, spatial_merge_size=2, spatial_patch_size=14, window_size=112,
+                  fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2, temporal_patch_size=2)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl", "vision_config": vision}))
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2,
+         "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    c = describe(tmp_path)
+    assert (c.dim, c.depth, c.heads, c.head_dim, c.mlp_hidden, c.out_dim) == (1280, 32, 16, 80, 3420, 3584)
+    assert c.fullatt_blocks == (7, 15, 23, 31) and c.window_merged == 4 and c.norm == "rmsnorm" and c.mlp == "gated"
+    fe = c.frontend
+    assert (fe.min_pixels, fe.max_pixels, fe.patch_dim, fe.merge_size, fe.budget) == (3136, 12845056, 1176, 2, "pixels")

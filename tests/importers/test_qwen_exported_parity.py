@@ -12,6 +12,7 @@ import pytest
 from navit_deploy.errors import ConfigError, OutputKindError
 from navit_deploy.export.lowerings import LOWERINGS
 from navit_deploy.model.weights import load_model, model_digest
+from tests.importers.test_exported_parity import files  # noqa: F401 - the image files fixture (photo, RGBA, scan, ...)
 from tests.importers.test_hf_qwen_vl import _images, max_abs, reference_pixels, reference_tokens
 
 torch = pytest.importorskip("torch")
@@ -131,32 +132,6 @@ def test_cli_import_writes_a_project_model(qwen_dirs, pixels, tmp_path, capsys):
     assert max_abs(ours(load_model(tmp_path / "mine", attention="segment"), items), reference_tokens(tower, inp)) <= 1e-4
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """Images as users have them: a JPEG photo, an RGBA PNG, a grey scan, an 83:1 strip, an EXIF-rotated phone
-    photo, and a corrupt file."""
-    from PIL import Image
-
-    d = tmp_path_factory.mktemp("qwen_files")
-    rng = np.random.default_rng(7)
-    paths = []
-    for name, (w, h), mode in [("photo.jpg", (640, 480), "RGB"), ("icon.png", (35, 20), "RGBA"),
-                               ("scan.png", (300, 420), "L"), ("strip.png", (1000, 12), "RGB"),
-                               ("phone.jpg", (240, 320), "RGB")]:
-        arr = rng.integers(0, 255, (h, w, len(mode)), dtype=np.uint8)
-        img = Image.fromarray(arr[..., 0] if mode == "L" else arr, mode)
-        kw = {}
-        if name == "phone.jpg":
-            exif = Image.Exif()
-            exif[0x0112] = 6
-            kw["exif"] = exif
-        img.save(d / name, **kw)
-        paths.append(str(d / name))
-    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
-    paths.append(str(d / "broken.jpg"))
-    return paths
-
-
 @pytest.mark.parametrize("name,lowering", [("2.5", low) for low in LOWERINGS] + [("2", "dense")])
 def test_navit_parity_from_files_on_every_lowering(qwen_dirs, files, name, lowering, tmp_path):
     from navit_deploy.parity_run import run_parity
@@ -219,3 +194,41 @@ def test_cli_export_infer_and_quantize_on_a_qwen_dir(qwen_dirs, files, tmp_path,
     assert "photo.jpg: " in out.out and "visual tokens x 96" in out.out and "broken.jpg" in out.err
     assert main(["quantize", "--onnx", str(onnx_path), "--precision", "fp16", "--out", str(tmp_path / "m16.onnx")]) == 0
     assert (tmp_path / "m16.onnx").is_file()
+    capsys.readouterr()
+    # INT8: calibration packs in window order (six inputs), then visual tokens compared with FP32's
+    assert main(["quantize", "--onnx", str(onnx_path), "--precision", "int8", "--out", str(tmp_path / "m8.onnx"),
+                 "--max-images", "16", "--eval-size", "8", "--no-cache", "--json"]) == 0
+    q = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "m8.onnx").is_file(), q
+    assert main(["embed", files[0], "--out", str(tmp_path / "e.parquet"), "--onnx", str(onnx_path)]) == 2
+    assert "pooled embedding" in capsys.readouterr().err
+
+
+def test_bench_peers_time_transformers_on_the_same_files(dense):
+    from navit_deploy.bench.peers import peers_markdown, run_peers
+
+    path, _, onnx_path = dense
+    rep = run_peers(str(path), onnx_path, None, n=3, repeats=1, log=lambda s: None, max_patches=256)
+    rows = {r["config"]: r for r in rep["rows"]}
+    assert set(rows) == {"navit-deploy ORT fp32", "transformers sdpa b8", "transformers sdpa b32",
+                         "transformers eager b8"}
+    assert rows["navit-deploy ORT fp32"]["max_abs_vs_baseline"] <= 1e-4  # equal outputs, per image
+    assert rep["frontend"]["max_pixels"] == 256 * 14 * 14
+    assert [t["target"].split(" ")[:3] for t in rep["targets"]] == [["fp32", ">=", "1.5x"]]
+    assert "navit-deploy ORT fp32" in peers_markdown(rep)
+
+
+def test_a_feed_with_windows_longer_than_the_models_is_refused(dense, pixels):
+    from dataclasses import replace
+
+    from navit_deploy.errors import InputValidationError
+    from navit_deploy.packing import WindowSpec, build_pack
+    from navit_deploy.runtime.onnx_runner import OnnxRunner
+
+    _, _, onnx_path = dense
+    pack = build_pack(pixels[1][:2], [0, 1], windows=WindowSpec(2, 4))
+    bad = replace(pack, window_cu_seqlens=pack.cu_seqlens, window_segment_ids=pack.segment_ids)  # windows = images
+    with OnnxRunner(onnx_path) as runner:
+        assert runner.infer(pack).tokens.shape == (pack.pack_len // 4, 96)
+        with pytest.raises(InputValidationError, match="longer than the model's windows of 64"):
+            runner.infer(bad)
