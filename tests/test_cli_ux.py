@@ -166,3 +166,20 @@ def test_infer_json_reports_the_files_size_and_units(exported, tmp_path, capsys)
     gh, gw = entry["grid"]
     assert entry["resized_size"] == [gw * 16, gh * 16]  # grid rows x cols, sizes width x height
     assert "rows x cols" in entry["units"]["grid"] and "width x height" in entry["units"]["original_size"]
+
+
+def test_parity_names_images_by_file_and_prints_the_thresholds(exported, tiny_model_dir, pngs, tmp_path, capsys):
+    """Issue 15 item 7: rows name the files (not ``<PIL RGB WxH>``), and the thresholds applied are printed
+    beside the tolerance that would have passed."""
+    import shutil
+
+    folder = tmp_path / "parity_images"
+    folder.mkdir()
+    for p in pngs:
+        shutil.copy(p, folder)
+    assert main(["parity", "--model", str(tiny_model_dir), "--onnx", str(exported("dense")),
+                 "--images", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "<PIL" not in out
+    assert all(f"img{i}.png" in out for i in range(len(pngs)))
+    assert "thresholds: max|dEmb| <= 1e-04" in out and "would pass with:" in out

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import torch
 
+from navit_deploy.console import without_torchvision_warning
 from navit_deploy.compile.plugin_lib import SUPPORTED_HEAD_DIMS
 from navit_deploy.errors import ArtifactMismatchError, ConfigError
 from navit_deploy.export import ops  # noqa: F401  (registers navit::packed_attention and the packed-op impl)
@@ -81,7 +82,7 @@ def export_onnx(model: NaViT, out: str | Path, *, lowering: str = "dense", weigh
         dynamic += ({0: tokens}, {0: torch.export.Dim("windows", min=1, max=1 << 18) + 1})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), without_torchvision_warning():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=dynamic, input_names=list(cfg.inputs),
                                     output_names=list(cfg.outputs), opset_version=opset,
