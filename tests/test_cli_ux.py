@@ -26,6 +26,16 @@ def test_bench_check_exits_1_on_a_miss(monkeypatch, tmp_path, capsys, json_flag)
     assert main([*args, "--check"]) == 0
 
 
+@pytest.mark.parametrize("passed", [False, True])
+def test_bench_check_gates_on_the_peers_targets(passed):
+    """``--peers transformers`` targets (e.g. issue 13's FP32 >= 1.5x) count for ``--check`` like the others."""
+    from navit_deploy.commands.bench_cmds import missed_targets
+
+    report = {**_bench_report(passed=True), "peers": {"targets": [
+        {"target": "fp32 >= 1.5x transformers sdpa b8", "value": "0.5x", "passed": passed}]}}
+    assert missed_targets(report) == ([] if passed else ["peers: fp32 >= 1.5x transformers sdpa b8"])
+
+
 def _options_without_help(parser, prefix="navit") -> list[str]:
     import argparse
 

@@ -104,12 +104,15 @@ def config_from_args(args: argparse.Namespace):
 
 
 def missed_targets(report: dict) -> list[str]:
-    """``workload: target`` of every missed target of a ``navit bench`` report (or of ``--serve``'s report)."""
+    """``workload: target`` of every missed target of a ``navit bench`` report: its workloads', ``--peers``'
+    (against the source library) and ``--serve``'s."""
     from navit_deploy.bench.report import verdict
 
     missed = [f"{t['workload']}: {c['target']}" for t in report.get("targets", []) for c in t.get("checks", [])
               if verdict(c) == "MISS"]
     missed += [f"{t['workload']}: {t['target']}" for t in report.get("serve", {}).get("targets", []) if not t["passed"]]
+    peers = report.get("peers") or {}
+    missed += [f"peers: {t['target']}" for t in peers.get("targets", []) if not t["passed"]]
     return missed
 
 
