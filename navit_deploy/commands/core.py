@@ -163,8 +163,9 @@ def _check_labels(runner, data: str) -> None:
                           "the model's order)")
 
 
-def pack_target(model: str) -> tuple[Any, str, str, int]:
-    """What the runtime would use for ``model``: (front end, attention lowering, backend, images per pack).
+def pack_target(model: str) -> tuple[Any, str, str, int, Any]:
+    """What the runtime would use for ``model``: (front end, attention lowering, backend, images per pack,
+    window spec: how a VLM tower's packs hold merge blocks and windows, None for a pooled model).
 
     An exported ``.onnx`` or engine carries its own; a model directory (or ``builtin``) is taken as its dense
     export on ONNX Runtime CPU, what ``navit deploy``'s ``navit.dense.onnx`` runs on.
@@ -179,7 +180,7 @@ def pack_target(model: str) -> tuple[Any, str, str, int]:
             raise ArtifactMismatchError(f"model file not found: {model}")
         art = read_artifact(model)
         backend = "tensorrt" if Path(model).suffix in ENGINE_SUFFIXES else "cpu"
-        return art.frontend, art.lowering, backend, art.max_images
+        return art.frontend, art.lowering, backend, art.max_images, art.windows
     try:
         from navit_deploy.model.weights import model_config
     except ImportError:  # a runtime-only install (no torch): project model directories still have a config.json
@@ -187,8 +188,15 @@ def pack_target(model: str) -> tuple[Any, str, str, int]:
 
         cfg_path = (Path(__file__).resolve().parents[1] / "assets" / "builtin" if model == "builtin"
                     else Path(model)) / "config.json"
-        return NaViTConfig.load(cfg_path).frontend, "dense", "cpu", 64
-    return model_config(model).frontend, "dense", "cpu", 64
+        cfg = NaViTConfig.load(cfg_path)
+    else:
+        cfg = model_config(model)
+    windows = None
+    if cfg.output == "tokens":
+        from navit_deploy.packing.windows import WindowSpec
+
+        windows = WindowSpec(cfg.frontend.merge_size, cfg.window_merged)
+    return cfg.frontend, "dense", "cpu", 64, windows
 
 
 def _merged(patch_tokens: int, fe: Any) -> dict[str, int]:
@@ -206,14 +214,14 @@ def cmd_pack(args: argparse.Namespace) -> int:
     if args.png and not Path(args.png).resolve().parent.is_dir():
         raise ConfigError(f"--png {args.png}: the folder {Path(args.png).parent} does not exist; create it or write "
                           "the picture elsewhere")
-    frontend, lowering, backend, max_images = pack_target(args.model)
+    frontend, lowering, backend, max_images, windows = pack_target(args.model)
     changes = {k: v for k, v in (("patch_size", args.patch_size), ("max_image_pixels", args.max_image_pixels))
                if v is not None}
     fe = budget_frontend(args, frontend) or frontend  # --max-patches, --min/--max-pixels
     fe = fe.replace(**changes) if changes else fe
     max_images = args.max_images or max_images
-    packer = (Packer(args.pack_len, max_images) if args.pack_len else
-              recommended_packing(fe.max_tokens_per_image, lowering, backend, max_images))
+    packer = (Packer(args.pack_len, max_images, windows=windows) if args.pack_len else
+              recommended_packing(fe.max_tokens_per_image, lowering, backend, max_images, windows=windows))
     prepared, errors, names = [], [], []
     for path in args.images:
         try:

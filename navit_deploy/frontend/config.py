@@ -106,7 +106,9 @@ class FrontendConfig:
             from navit_deploy.frontend.budget import smart_resize_max_pixels
 
             factor = self.patch_size * self.merge_size
-            return smart_resize_max_pixels(factor, self.min_pixels, self.max_pixels) // (self.patch_size ** 2)
+            bound = smart_resize_max_pixels(factor, self.min_pixels, self.max_pixels) // (self.patch_size ** 2)
+            unit = self.merge_size * self.merge_size  # sides are whole merge blocks: counts are multiples of it
+            return bound // unit * unit
         return self.max_pixels // (self.patch_size * self.patch_size)
 
     @property
@@ -154,3 +156,10 @@ class FrontendConfig:
         d = self.to_dict()
         d.update(changes)
         return FrontendConfig.from_dict(d)
+
+
+def budget_flag(cfg: FrontendConfig) -> str:
+    """The CLI flag that lowers an image's tokens under ``cfg``'s budget, for error hints."""
+    if cfg.budget == "pixels":
+        return f"max_pixels {cfg.max_pixels}: navit infer --max-pixels"
+    return f"max_patches {cfg.max_patches}: navit infer --max-patches"

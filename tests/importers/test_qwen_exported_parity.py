@@ -232,3 +232,34 @@ def test_a_feed_with_windows_longer_than_the_models_is_refused(dense, pixels):
         assert runner.infer(pack).tokens.shape == (pack.pack_len // 4, 96)
         with pytest.raises(InputValidationError, match="longer than the model's windows of 64"):
             runner.infer(bad)
+
+
+def test_error_results_of_a_tokens_model_say_tokens(dense, files):
+    """Broken inputs among good ones: their error results say the model's output kind, the others get tokens."""
+    from navit_deploy.runtime.open import open_runner, pipeline_for
+
+    _, _, onnx_path = dense
+    runner, artifact = open_runner(onnx_path)
+    with runner:
+        results = pipeline_for(runner, artifact).run([files[0], b"not an image", files[1], None])
+    assert [r.ok for r in results] == [True, False, True, False]
+    assert {r.output_kind for r in results} == {"tokens"}
+    assert all(r.visual_tokens is not None for r in results if r.ok)
+
+
+def test_navit_pack_packs_a_tower_as_its_runtime_does(dense, files, capsys):
+    """``navit pack --model F.onnx`` on a tower: whole merge blocks, the runtime's pack length and packs."""
+    from navit_deploy.cli import main
+    from navit_deploy.packing.policy import describe_packer
+    from navit_deploy.runtime.open import open_runner, pipeline_for
+
+    _, _, onnx_path = dense
+    good = [f for f in files if not f.endswith("broken.jpg")]
+    assert main(["pack", *good, "--model", str(onnx_path), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    runner, artifact = open_runner(onnx_path)
+    with runner:
+        pipe = pipeline_for(runner, artifact)
+    assert rep["budget"] % 4 == 0 and rep["pack_len"] == pipe.packer.pack_len
+    assert rep["packing"] == describe_packer(pipe.packer)
+    assert all(e["tokens"] % 4 == 0 and e["merged_tokens"] == e["tokens"] // 4 for e in rep["per_image"])
