@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from navit_deploy.frontend.config import budget_flag
 from navit_deploy.errors import ArtifactMismatchError, BackendUnavailableError
 from navit_deploy.runtime.artifact import DeploymentArtifact, check_io_shapes, read_artifact, sha256_file
 from navit_deploy.runtime.runner import PackLimits, Runner, RunnerOutput
@@ -188,7 +189,7 @@ class OnnxRunner(Runner):
 
             raise InputValidationError(f"patch coordinate {int(feed['coords'].max())} is outside the model's "
                                        f"{self.max_grid}x{self.max_grid} positional table; lower the budget "
-                                       "(max_patches: navit infer --max-patches)")
+                                       f"({budget_flag(self.artifact.frontend)})")
         assert self.session is not None
         outs = self.session.run(list(self.artifact.outputs), {k: feed[k] for k in self.input_names})
         if self.output_kind == "tokens":

@@ -26,6 +26,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
+from navit_deploy.frontend.config import budget_flag
 from navit_deploy.errors import ImageError
 from navit_deploy.frontend import FrontendConfig, ImageSource, PreparedImage, describe_source, prepare_image
 from navit_deploy.frontend.loading import ChannelOrder
@@ -229,20 +230,27 @@ class Pipeline:
         try:
             prepared = prepare_image(src, self.frontend, channel_order=self.channel_order)
         except ImageError as exc:
-            return ImageResult(index, name, error=str(exc), error_type=type(exc).__name__)
+            return ImageResult(index, name, error=str(exc), error_type=type(exc).__name__, output_kind=self.output_kind)
         except Exception as exc:  # noqa: BLE001 - one input's surprise must not cost the others their results
             return ImageResult(index, name, error=f"{name}: the front end failed on this input "
-                               f"({type(exc).__name__}: {exc})", error_type="ImageDecodeError")
+                               f"({type(exc).__name__}: {exc})", error_type="ImageDecodeError",
+                               output_kind=self.output_kind)
         finally:
             if stats is not None:
                 with _CPU_LOCK:
                     stats.frontend_cpu_s += time.thread_time() - cpu0
         if prepared.num_tokens > self.packer.pack_len:
             return ImageResult(index, name, error=f"{name}: {prepared.num_tokens} tokens exceed the pack length "
-                               f"{self.packer.pack_len}; lower the budget or raise the pack length (navit infer "
-                               "--max-patches / --pack-len)",
-                               error_type="BudgetError")
+                               f"{self.packer.pack_len}; lower the budget or raise the pack length ({budget_flag(self.frontend)}, "
+                               "navit infer --pack-len)",
+                               error_type="BudgetError", output_kind=self.output_kind)
         return prepared
+
+    @property
+    def output_kind(self) -> str:
+        """What the runner's model returns per image: ``"pooled"`` (one embedding) or ``"tokens"`` (a VLM tower's
+        merged visual tokens); error results say it too."""
+        return getattr(self.runner, "output_kind", "pooled")
 
     @property
     def concurrency(self) -> int:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from navit_deploy.frontend.config import budget_flag
 from navit_deploy.compile.compat import EngineInfo, check_engine, check_io_names, sha256_file
 from navit_deploy.compile.profiles import PackProfile, choose_profile, limits_for
 from navit_deploy.errors import ArtifactMismatchError, BackendUnavailableError, InputValidationError, NavitError
@@ -202,7 +203,7 @@ class TensorRTRunner(Runner):
         if int(feed["coords"].max(initial=0)) >= self.max_grid:
             raise InputValidationError(f"patch coordinate {int(feed['coords'].max())} is outside the model's "
                                        f"{self.max_grid}x{self.max_grid} positional table; lower the budget "
-                                       "(max_patches: navit infer --max-patches)")
+                                       f"({budget_flag(self.artifact.frontend)})")
         tokens, images = int(feed["patches"].shape[0]), int(feed["cu_seqlens"].shape[0]) - 1
         windows = int(feed["window_cu_seqlens"].shape[0]) - 1 if "window_cu_seqlens" in feed else None
         index = choose_profile(self.profiles, tokens, images, windows)
