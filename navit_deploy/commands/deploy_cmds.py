@@ -36,7 +36,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("parity", help="compare an exported model (or engine) with its reference, image by image",
                        description="The reference is the PyTorch model for project models, and the source library "
                                    "(transformers' SigLIP 2, vit-pytorch's NaViT) for imported ones, when installed.")
-    p.add_argument("--model", default="builtin", help="'builtin', a model directory, or a SigLIP 2 / vit-pytorch checkpoint")
+    p.add_argument("--model", default="builtin", help="'builtin', a model directory, or a SigLIP 2 / Qwen2(.5)-VL / vit-pytorch checkpoint")
     p.add_argument("--onnx", required=True, help="an exported .onnx model or a TensorRT engine")
     p.add_argument("--images", default=None, help="folder of images (default: the builtin real+generated samples)")
     p.add_argument("--provider", default="cpu", help="ONNX Runtime provider: cpu (default) or cuda")
@@ -70,7 +70,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("deploy", help="export, check parity and profile in one go; writes DIR/report.md")
     p.add_argument("--model", default="builtin",
-                   help="'builtin' (default), a model directory, or a SigLIP 2 / vit-pytorch NaViT checkpoint")
+                   help="'builtin' (default), a model directory, or a SigLIP 2 / Qwen2(.5)-VL / vit-pytorch NaViT checkpoint")
     p.add_argument("--out", required=True, help="output directory (exports, engines, report.md, report.json)")
     p.add_argument("--images", default=None, help="parity images (default: builtin samples)")
     p.add_argument("--quick", action="store_true", help="fewer images and repeats in the latency profile")

@@ -8,9 +8,10 @@ from pathlib import Path
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import", help="convert a SigLIP 2 or vit-pytorch NaViT checkpoint into a project model directory",
-                       description="Reads a Hugging Face SigLIP 2 directory (config.json, model.safetensors or shards, "
-                                   "preprocessor_config.json) or a vit-pytorch NaViT directory (model.safetensors + "
+    p = sub.add_parser("import", help="convert a SigLIP 2, Qwen2(.5)-VL vision tower or vit-pytorch NaViT checkpoint into a project model directory",
+                       description="Reads a Hugging Face SigLIP 2 or Qwen2.5-VL / Qwen2-VL directory (config.json, "
+                                   "model.safetensors or shards, preprocessor_config.json; of a VLM only the vision "
+                                   "tower is read) or a vit-pytorch NaViT directory (model.safetensors + "
                                    "constructor arguments in config.json), detected from the files, and writes "
                                    "model.safetensors + config.json (+ imported_from.json). Every command also takes "
                                    "the source directory directly; this is for those who want to keep a converted copy.")

@@ -79,6 +79,10 @@ def vision_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _pixels(pre: dict[str, Any]) -> tuple[int, int]:
     size = pre.get("size") or {}
+    if not isinstance(size, dict) or (size and not {"shortest_edge", "longest_edge"} <= set(size)):
+        # transformers refuses such a file too ("size dict must contain 'shortest_edge' and 'longest_edge'")
+        raise CheckpointError(f"{PREPROCESSOR}: 'size' must hold 'shortest_edge' and 'longest_edge' (min and max "
+                              f"pixels), got {size!r}")
     lo = pre.get("min_pixels", size.get("shortest_edge", 56 * 56))
     hi = pre.get("max_pixels", size.get("longest_edge", 28 * 28 * 1280))
     return int(lo), int(hi)

@@ -46,7 +46,7 @@ def model_source(model: str | Path) -> ModelSource:
     path = builtin_model_dir() if str(model) == BUILTIN else Path(model)
     if not path.is_dir():
         raise CheckpointError(f"model directory not found: {path} (use --model builtin, a project model directory "
-                              f"with {WEIGHTS_FILE} and {CONFIG_FILE}, or a SigLIP 2 / vit-pytorch NaViT checkpoint)")
+                              f"with {WEIGHTS_FILE} and {CONFIG_FILE}, or a SigLIP 2 / Qwen-VL / vit-pytorch NaViT checkpoint)")
     from navit_deploy.importers import FAMILIES, detect_family
 
     family = detect_family(path) if str(model) != BUILTIN else None

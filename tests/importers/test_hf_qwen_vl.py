@@ -226,3 +226,19 @@ def test_a_real_qwen25_vl_config_describes_without_weights(tmp_path):
     assert c.fullatt_blocks == (7, 15, 23, 31) and c.window_merged == 4 and c.norm == "rmsnorm" and c.mlp == "gated"
     fe = c.frontend
     assert (fe.min_pixels, fe.max_pixels, fe.patch_dim, fe.merge_size, fe.budget) == (3136, 12845056, 1176, 2, "pixels")
+
+
+@pytest.mark.parametrize("size", [{"min_pixels": 6272, "max_pixels": 50176}, {"shortest_edge": 3136}, [3136, 50176]])
+def test_a_malformed_size_in_the_preprocessor_file_is_refused(qwen_dirs, tmp_path, size):
+    """transformers refuses a ``size`` without ``shortest_edge``/``longest_edge``; silently falling back to the
+    defaults would give another grid than the user's processor (58x86 instead of 12x18 on a 1500x1000 image)."""
+    import json
+    import shutil
+
+    src, _ = qwen_dirs["2.5-vision"]
+    for f in src.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    pre = json.loads((src / "preprocessor_config.json").read_text())
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({**pre, "size": size}))
+    with pytest.raises(CheckpointError, match="'size' must hold 'shortest_edge' and 'longest_edge'"):
+        import_checkpoint(tmp_path)
