@@ -16,7 +16,8 @@ import importlib.util
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,23 @@ def _result(index: int, name: str, emb: Any, logits: Any, grid: tuple[int, int],
     h, w = grid
     return ImageResult(index, name, embedding=emb.float().numpy(), logits=None if logits is None else logits.float().numpy(),
                        tokens=h * w, grid=(h, w), resized_size=(w * patch, h * patch))
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Around a reference's ``from_pretrained``: no ``Loading weights`` progress bar and no config warnings from
+    transformers (they would interleave with our own progress); its previous settings are restored."""
+    from transformers.utils import logging as tf_logging
+
+    bars, level = tf_logging.is_progress_bar_enabled(), tf_logging.get_verbosity()
+    tf_logging.disable_progress_bar()
+    tf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tf_logging.set_verbosity(level)
+        if bars:
+            tf_logging.enable_progress_bar()
 
 
 def load_like_transformers(src: ImageSource) -> Any:
@@ -69,9 +87,11 @@ class Siglip2Reference:
         model_type = json.loads((self.path / "config.json").read_text()).get("model_type")
         kw = {"attn_implementation": attn_implementation}
         if model_type == "siglip2":
-            self.model = Siglip2Model.from_pretrained(self.path, **kw).vision_model
+            with quiet_transformers():
+                self.model = Siglip2Model.from_pretrained(self.path, **kw).vision_model
         else:
-            self.model = Siglip2VisionModel.from_pretrained(self.path, **kw)
+            with quiet_transformers():
+                self.model = Siglip2VisionModel.from_pretrained(self.path, **kw)
         self.model.eval().float()
         pre = self.path / "preprocessor_config.json"
         self.processor = Siglip2ImageProcessorPil.from_pretrained(self.path) if pre.is_file() else Siglip2ImageProcessorPil()

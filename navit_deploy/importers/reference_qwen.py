@@ -17,7 +17,7 @@ import numpy as np
 
 from navit_deploy.errors import BackendUnavailableError
 from navit_deploy.frontend import ImageSource, PreparedImage, describe_source, grid_coords
-from navit_deploy.importers.reference import load_like_transformers
+from navit_deploy.importers.reference import load_like_transformers, quiet_transformers
 from navit_deploy.runtime.results import ImageResult
 
 
@@ -40,7 +40,8 @@ class QwenVLReference:
         kw = {"attn_implementation": attn_implementation}
         classes = {"qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration, "qwen2_vl": tf.Qwen2VLForConditionalGeneration}
         if model_type in classes:
-            self.model = classes[model_type].from_pretrained(self.path, **kw).model.visual
+            with quiet_transformers():
+                self.model = classes[model_type].from_pretrained(self.path, **kw).model.visual
             tower = type(self.model).__name__
         else:
             from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
@@ -48,7 +49,8 @@ class QwenVLReference:
 
             cls = (Qwen2_5_VisionTransformerPretrainedModel if model_type == "qwen2_5_vl_vision"
                    else Qwen2VisionTransformerPretrainedModel)
-            self.model = cls.from_pretrained(self.path, **kw)
+            with quiet_transformers():
+                self.model = cls.from_pretrained(self.path, **kw)
             tower = cls.__name__
         self.model.eval().float()
         pre = self.path / "preprocessor_config.json"

@@ -242,3 +242,18 @@ def test_a_malformed_size_in_the_preprocessor_file_is_refused(qwen_dirs, tmp_pat
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({**pre, "size": size}))
     with pytest.raises(CheckpointError, match="'size' must hold 'shortest_edge' and 'longest_edge'"):
         import_checkpoint(tmp_path)
+
+
+def test_the_reference_loads_without_transformers_progress_bars(qwen_dirs, capfd):
+    """``navit parity``/``deploy`` draw their own progress: transformers' ``Loading weights`` bar and config
+    warnings stay off while the reference loads, and its settings are restored afterwards."""
+    from transformers.utils import logging as tf_logging
+
+    from navit_deploy.importers.reference_qwen import QwenVLReference
+
+    path, _ = qwen_dirs["2.5"]
+    tf_logging.enable_progress_bar()
+    capfd.readouterr()
+    QwenVLReference(path)
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and tf_logging.is_progress_bar_enabled()
