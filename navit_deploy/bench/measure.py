@@ -57,8 +57,10 @@ class Plan:
         return describe_packer(self.packer)
 
 
-def workload_frontend(base: FrontendConfig, max_patches: int, upscale: bool) -> FrontendConfig:
-    """The model's front end at a workload's budget (NaFlex-style ``max_patches``). A model whose size rule
+def workload_frontend(base: FrontendConfig, max_patches: int, upscale: bool,
+                      max_pixels: int | None = None) -> FrontendConfig:
+    """The model's front end at a workload's budget (NaFlex-style ``max_patches``; ``max_pixels``, when given,
+    is a VLM tower's pixel budget exactly). A model whose size rule
     is SigLIP 2's (``budget="naflex"``, one position table resized to any grid) keeps its rule, with the
     grid limit raised to the budget."""
     if base.budget == "naflex":
@@ -67,7 +69,7 @@ def workload_frontend(base: FrontendConfig, max_patches: int, upscale: bool) -> 
     if base.merge_size > 1:
         # A VLM tower (Qwen-VL) keeps its processor's pixel rule (sides in whole merge blocks): the workload's
         # budget of patch tokens becomes its max_pixels.
-        hi = max_patches * base.patch_size ** 2
+        hi = max_pixels or max_patches * base.patch_size ** 2
         return base.replace(min_pixels=min(base.min_pixels, hi), max_pixels=hi, square_grid=0)
     return base.replace(budget="max_patches", max_patches=max_patches, upscale=upscale, square_grid=0)
 

@@ -108,9 +108,9 @@ def _ours(onnx: Path, max_pixels: int | None = None) -> tuple[Any, Callable[[Seq
 
 def run_peers(model: str, onnx: Path, onnx_int8: Path | None, n: int = 32, repeats: int = 3, seed: int = 0,
               peers: Sequence[str] = PEERS, log: Callable[[str], None] = print,
-              max_patches: int | None = None) -> dict[str, Any]:
-    """The peers' rows and ratios (see the module docstring). ``max_patches`` (Qwen-VL): both sides at
-    ``max_pixels = max_patches * patch^2`` instead of the model's own."""
+              max_patches: int | None = None, max_pixels: int | None = None) -> dict[str, Any]:
+    """The peers' rows and ratios (see the module docstring). Qwen-VL: both sides at ``max_pixels`` (or
+    ``max_patches * patch^2``) instead of the model's own."""
     from navit_deploy.bench.flops import ModelShape, gemm_peak_gflops
     from navit_deploy.model.weights import model_config, model_source
 
@@ -124,7 +124,10 @@ def run_peers(model: str, onnx: Path, onnx_int8: Path | None, n: int = 32, repea
         return {"skipped": f"no transformers peer for a {src.family} model (SigLIP 2 and Qwen-VL checkpoints only)"}
     cfg = model_config(model)
     qwen = src.family == "qwen-vl"
-    max_pixels = max_patches * cfg.frontend.patch_size ** 2 if qwen and max_patches else None
+    if qwen and max_pixels is None and max_patches:
+        max_pixels = max_patches * cfg.frontend.patch_size ** 2
+    elif not qwen:
+        max_pixels = None
     shape = ModelShape.from_config(cfg)
     peak = gemm_peak_gflops()
     configs: dict[str, Callable[[Sequence[str]], tuple[list, int]]] = {}

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ class BenchConfig:
     workloads: tuple[str, ...] = WORKLOADS
     images: str | None = None
     max_patches: int | None = None
+    max_pixels: int | None = None  # a VLM tower's pixel budget (Qwen-VL), exactly
     upscale: bool | None = None
     n: int = 32
     strategies: tuple[str, ...] = STRATEGIES
@@ -108,16 +109,33 @@ def _ensure_onnx(cfg: BenchConfig, workdir: Path, log: Callable[[str], None]) ->
     return out
 
 
+def _pixel_budget(cfg: BenchConfig, base: FrontendConfig) -> int | None:
+    """``--max-pixels`` for a model with a pixel budget; a typed error for one without."""
+    if cfg.max_pixels is None:
+        return None
+    from navit_deploy.errors import ConfigError
+
+    if base.budget != "pixels":
+        raise ConfigError(f"--max-pixels is for models with a pixel budget (Qwen-VL); this model's budget is "
+                          f"{base.budget!r}: use --max-patches")
+    if cfg.max_patches is not None:
+        raise ConfigError("give --max-pixels or --max-patches, not both")
+    return cfg.max_pixels
+
+
 def _workloads(cfg: BenchConfig, base: FrontendConfig) -> list[Workload]:
+    pixels = _pixel_budget(cfg, base)
+    max_patches = pixels // base.patch_size ** 2 if pixels else cfg.max_patches  # nominal, for plans and labels
     if cfg.images:
-        return [folder_workload(cfg.images, cfg.max_patches or base.max_patches,
-                                base.upscale if cfg.upscale is None else cfg.upscale, limit=cfg.n or None)]
+        wl = folder_workload(cfg.images, max_patches or base.max_patches,
+                             base.upscale if cfg.upscale is None else cfg.upscale, limit=cfg.n or None)
+        return [replace(wl, max_pixels=pixels)]
     out = []
     for name in cfg.workloads:
         wl = make_workload(name, cfg.n, cfg.seed)
-        if cfg.max_patches:
-            wl = Workload(wl.name, wl.sizes, cfg.max_patches, wl.upscale if cfg.upscale is None else cfg.upscale,
-                          wl.description)
+        if max_patches:
+            wl = Workload(wl.name, wl.sizes, max_patches, wl.upscale if cfg.upscale is None else cfg.upscale,
+                          wl.description, max_pixels=pixels)
         out.append(wl)
     return out
 
@@ -443,7 +461,7 @@ def _run(cfg: BenchConfig, out_dir: Path | None, workdir: Path, log: Callable[[s
     workloads = _workloads(cfg, base)
     sources_of: dict[str, list] = {}
     for wl in workloads:
-        fe = workload_frontend(base, wl.max_patches, wl.upscale)
+        fe = workload_frontend(base, wl.max_patches, wl.upscale, wl.max_pixels)
         log(f"[{wl.name}] {len(wl.sizes)} images, budget {wl.max_patches} patches, upscale={wl.upscale}")
         sources = workload_sources(wl, cfg.input_format, cfg.seed)  # type: ignore[arg-type]
         sources_of[wl.name] = sources
@@ -494,7 +512,7 @@ def _run(cfg: BenchConfig, out_dir: Path | None, workdir: Path, log: Callable[[s
         names = cfg.sweep_workloads or tuple(w.name for w in workloads)
         for b in [b for b in backends if b.key in cfg.sweep_backends] or backends[:1]:
             for wl in [w for w in workloads if w.name in names]:
-                fe = workload_frontend(base, wl.max_patches, wl.upscale)
+                fe = workload_frontend(base, wl.max_patches, wl.upscale, wl.max_pixels)
                 plans = sweep_plans(fe, cfg.sweep_pack_len, max_images)
                 log(f"[sweep {wl.name}] {b.label}: {len(plans)} configurations")
                 for m in measure_plans(b.runner(), plans, sources_of[wl.name], cfg.repeats, cfg.warmup, cfg.workers):
@@ -520,7 +538,7 @@ def _run(cfg: BenchConfig, out_dir: Path | None, workdir: Path, log: Callable[[s
         from navit_deploy.bench.peers import run_peers
 
         peers = run_peers(cfg.model, onnx, cfg.onnx_int8, cfg.n, cfg.repeats, cfg.seed, cfg.peers, log,
-                          max_patches=cfg.max_patches)
+                          max_patches=cfg.max_patches, max_pixels=_pixel_budget(cfg, base))
     # The peak is measured again at the end and the best kept: a shared machine rarely gives it twice.
     peak_end = gemm_peak_gflops()
     if peak_end > peak:
@@ -573,7 +591,7 @@ def _packs_for_picture(cfg: BenchConfig, base: FrontendConfig, workloads: list[W
     if not workloads:
         return None
     wl = next((w for w in workloads if w.name == "mixed"), workloads[0])
-    fe = workload_frontend(base, wl.max_patches, wl.upscale)
+    fe = workload_frontend(base, wl.max_patches, wl.upscale, wl.max_pixels)
     plan = make_plan("packed", fe, "dense", "cpu", 1024, max_images, cfg.pack_len, cfg.bucket)
     from navit_deploy.frontend import prepare_image
 

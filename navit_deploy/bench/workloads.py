@@ -31,6 +31,7 @@ class Workload:
     upscale: bool = True
     description: str = ""
     paths: tuple[str, ...] = ()  # image files, for a user's folder (sizes read from the headers)
+    max_pixels: int | None = None  # a pixel budget (Qwen-VL), exactly; ``max_patches`` is then its nominal size
 
     def __len__(self) -> int:
         return len(self.sizes)

@@ -37,6 +37,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workloads", type=_csv, default=WORKLOADS, help=f"comma list of {', '.join(WORKLOADS)}")
     p.add_argument("--images", default=None, help="benchmark a folder of images instead of the builtin workloads")
     p.add_argument("--max-patches", type=int, default=None, help="token budget (default: per workload; folder: model's)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="pixel budget of a model with one (Qwen-VL: max_pixels, e.g. 1048576 for 1024x1024), for every "
+                        "workload and the --peers side alike; instead of --max-patches")
     p.add_argument("--no-upscale", dest="upscale", action="store_false", default=None,
                    help="never enlarge images past their native size")
     p.add_argument("-n", "--num-images", type=int, default=32, help="images per workload (default 32)")
@@ -94,7 +97,7 @@ def config_from_args(args: argparse.Namespace):
     opt = lambda v: Path(v) if v else None
     return BenchConfig(model=args.model, onnx=opt(args.onnx), onnx_int8=opt(args.onnx_int8),
                        onnx_packed=opt(args.onnx_packed), engine=opt(args.engine), out=Path(args.out),
-                       workloads=tuple(args.workloads), images=args.images, max_patches=args.max_patches,
+                       workloads=tuple(args.workloads), images=args.images, max_patches=args.max_patches, max_pixels=args.max_pixels,
                        upscale=args.upscale, n=n, strategies=tuple(args.strategies), backends=tuple(args.backends),
                        repeats=repeats, warmup=args.warmup, threads=args.threads, workers=args.workers,
                        input_format=args.input_format, sweep_pack_len=tuple(args.sweep_pack_len),

@@ -52,3 +52,20 @@ def test_tables_show_merged_tokens_only_for_models_with_a_merger():
     assert "merged tok/img" in rows_markdown(_rows(391.0)).splitlines()[0]
     assert "merged tok/img" not in format_table(_rows(None))
     assert "merged tok/img" not in rows_markdown(_rows(None)).splitlines()[0]
+
+
+def test_max_pixels_sets_a_towers_pixel_budget_exactly():
+    """``navit bench --max-pixels 1048576``: every workload's front end at that pixel count (``--max-patches``
+    can only give multiples of patch^2, 1048404 for 5349), and a typed error for a model without a pixel budget."""
+    import pytest
+
+    from navit_deploy.bench.suite import BenchConfig, _workloads
+    from navit_deploy.errors import ConfigError
+
+    wls = _workloads(BenchConfig(workloads=("mixed", "documents"), n=4, max_pixels=1024 * 1024), QWEN)
+    assert {workload_frontend(QWEN, wl.max_patches, wl.upscale, wl.max_pixels).max_pixels for wl in wls} == {1048576}
+    assert {wl.max_patches for wl in wls} == {1048576 // 196}
+    with pytest.raises(ConfigError, match="pixel budget"):
+        _workloads(BenchConfig(n=4, max_pixels=1024 * 1024), FrontendConfig())
+    with pytest.raises(ConfigError, match="not both"):
+        _workloads(BenchConfig(n=4, max_pixels=1024 * 1024, max_patches=64), QWEN)
