@@ -12,6 +12,8 @@ Kept in FP32 by default (:data:`DEFAULT_KEEP_FP32`):
   that size. Running the normalization in FP32 (two casts each) is what TensorRT itself recommends
   ("running layernorm after self-attention in FP16 may cause overflow"). :func:`fp16_headroom`
   measures the actual margins on calibration images and ``navit quantize`` reports them.
+* RMSNorm (group ``rms-norm``: the nodes exported from an ``RMSNorm`` module, Qwen2.5-VL's norms, which opset 20
+  decomposes into ``Pow``, ``ReduceMean``, ``Add``, ``Sqrt``, ...): the same square of the residual stream.
 * The converter's own block list (``Range``, ``Resize``, ``TopK``, ... ops without FP16 kernels).
 
 Not kept by default, by measurement and by construction: ``Softmax`` (the attention scores are
@@ -41,7 +43,7 @@ from navit_deploy.calibration.graph import STANDARD_DOMAINS, classify, match_kee
 from navit_deploy.calibration.int8 import ensure_node_names
 from navit_deploy.errors import BackendUnavailableError
 
-DEFAULT_KEEP_FP32 = ("LayerNormalization",)
+DEFAULT_KEEP_FP32 = ("LayerNormalization", "rms-norm")
 FP16_MAX = 1e4  # the converter's clamp for large constants (e.g. the -3.4e38 attention mask fill)
 
 

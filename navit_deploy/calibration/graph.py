@@ -38,11 +38,25 @@ LINEAR_OPS = frozenset({"MatMul", "Gemm"})
 SCORE_OPS = frozenset({"MatMul", "Gemm", "Einsum"})
 NORM_OPS = frozenset({"LayerNormalization", "ReduceMean", "Sqrt", "Reciprocal"})
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
-GROUPS = ("attention-scores", "pool", "head", "patch-embed", "norm", "softmax", "custom")
+GROUPS = ("attention-scores", "pool", "head", "patch-embed", "norm", "rms-norm", "softmax", "custom")
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearMatMul", "QLinearConv",
                            "MatMulInteger", "ConvInteger", "QGemm", "QAttention", "MatMulIntegerToFloat",
                            "DynamicQuantizeMatMul", "MatMulNBits"})
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+_CLASSES_KEY = "pkg.torch.onnx.class_hierarchy"
+
+
+def node_classes(node: onnx.NodeProto) -> tuple[str, ...]:
+    """The PyTorch module classes a node was exported from, outermost first, by their short names (the
+    exporter's ``class_hierarchy``; empty when the graph does not say)."""
+    for p in node.metadata_props:
+        if p.key == _CLASSES_KEY:
+            try:
+                classes = json.loads(p.value.replace("'", '"'))
+            except json.JSONDecodeError:
+                return ()
+            return tuple(str(c).rsplit(".", 1)[-1] for c in classes[:-1])
+    return ()
 
 
 @dataclass(frozen=True)
@@ -103,6 +117,8 @@ def classify(model: onnx.ModelProto) -> list[NodeInfo]:
             groups.add("patch-embed")
         if n.op_type in NORM_OPS:
             groups.add("norm")
+        if "RMSNorm" in node_classes(n):  # Qwen2.5-VL's norms, decomposed: Pow, ReduceMean, Add, Sqrt, ...
+            groups.update(("norm", "rms-norm"))
         if n.op_type == "Softmax":
             groups.add("softmax")
         if n.domain not in STANDARD_DOMAINS:

@@ -263,3 +263,22 @@ def test_navit_pack_packs_a_tower_as_its_runtime_does(dense, files, capsys):
     assert rep["budget"] % 4 == 0 and rep["pack_len"] == pipe.packer.pack_len
     assert rep["packing"] == describe_packer(pipe.packer)
     assert all(e["tokens"] % 4 == 0 and e["merged_tokens"] == e["tokens"] // 4 for e in rep["per_image"])
+
+
+def test_fp16_keeps_the_rmsnorms_in_fp32(dense):
+    """Qwen2.5-VL's RMSNorm squares the residual stream (``Pow`` after opset 20's decomposition): in FP16 that
+    overflows for |x| > 256, so every node exported from an RMSNorm stays FP32 by default, as LayerNorm does."""
+    import onnx
+
+    from navit_deploy.calibration.fp16 import convert_fp16
+    from navit_deploy.calibration.graph import classify
+
+    _, _, onnx_path = dense
+    model = onnx.load(str(onnx_path))
+    rms = {i.name for i in classify(model) if "rms-norm" in i.groups}
+    pows = {n.name for n in model.graph.node if n.op_type == "Pow"}
+    assert pows and pows <= rms  # every square is an RMSNorm's (9 norms in this tower)
+    _, kept = convert_fp16(model)
+    assert rms <= set(kept)
+    _, kept_ln_only = convert_fp16(model, ("LayerNormalization",))
+    assert not rms & set(kept_ln_only)
