@@ -359,7 +359,7 @@ def _build(trt: Any, poly: PolygraphyApi, plan: CompilePlan, precision: Precisio
             raise EngineBuildError(f"the optimization profile {p.describe()} gives no shapes for network inputs "
                                    f"{uncovered} of {req.onnx}")
         prof = poly.trt.Profile()
-        for name in net_inputs:  # TensorRT drops inputs the network does not use: only the kept ones get shapes
+        for name in net_inputs:  # all parsed inputs; the builder later drops those the graph never reads
             lo, opt, hi = shapes[name]
             prof.add(name, min=lo, opt=opt, max=hi)
         profiles.append(prof)
