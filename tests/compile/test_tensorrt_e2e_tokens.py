@@ -20,28 +20,20 @@ pytest.importorskip("transformers", reason="the tower is built with transformers
 
 from PIL import Image  # noqa: E402
 
-from navit_deploy.compile import trt_env  # noqa: E402
 from navit_deploy.compile.compat import major_minor  # noqa: E402
 from navit_deploy.compile.engine import CompileRequest, compile_engine  # noqa: E402
 from navit_deploy.compile.plugin_lib import find_plugin_library  # noqa: E402
-from navit_deploy.errors import BackendUnavailableError, PluginError  # noqa: E402
+from navit_deploy.errors import PluginError  # noqa: E402
 from navit_deploy.packing import Packer  # noqa: E402
 from navit_deploy.runtime.artifact import read_artifact  # noqa: E402
 from navit_deploy.runtime.onnx_runner import OnnxRunner  # noqa: E402
 from navit_deploy.runtime.pipeline import Pipeline  # noqa: E402
 from navit_deploy.runtime.tensorrt_runner import TensorRTRunner  # noqa: E402
+from tests.compile.test_tensorrt_e2e import gpu  # noqa: E402,F401  (autouse: skips without cuda-python and a GPU)
 from tests.importers.conftest import build_qwen  # noqa: E402
 
 VERSION = str(trt.__version__)
 SIZES = [(300, 200), (100, 100), (500, 90), (56, 56), (200, 400), (60, 800), (56, 56), (420, 420), (90, 500)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def gpu():
-    try:
-        return trt_env.gpu_info(0)
-    except BackendUnavailableError as exc:
-        pytest.skip(f"needs cuda-python and a CUDA GPU: {exc}")
 
 
 @pytest.fixture(scope="module")
