@@ -157,3 +157,13 @@ def test_cli_compiles_a_tower_with_a_window_profile(monkeypatch, fake_tokens_onn
     assert main(["compile", "--onnx", str(onnx), "--out", str(out), "--profile", "patches:4,512,1024",
                  "cu_seqlens:2,3,65"]) == 2
     assert "window_cu_seqlens:MIN,OPT,MAX" in capsys.readouterr().err
+
+
+def test_an_encoder_without_classifier_compiles(monkeypatch, tmp_path):
+    """I/O names are checked against the artifact, not the pooled classifier's set: no ``logits`` is fine."""
+    from tests.compile.conftest import make_artifact, write_fake_onnx
+
+    FakeBuild().install(monkeypatch)
+    onnx = write_fake_onnx(tmp_path / "enc.onnx", make_artifact().with_(outputs=["embeddings"]))
+    res = compile_engine(_req(onnx, tmp_path, pack_lens=(256,)))
+    assert read_artifact(res.engine_path).outputs == ("embeddings",)
