@@ -305,13 +305,16 @@ def check_io_names(inputs: Sequence[str], outputs: Sequence[str], what: str,
     """The network/engine must have the model's inputs and outputs (TensorRT may drop unused inputs).
 
     With ``artifact``, those it describes (a VLM tower: six inputs, a ``tokens`` output; a model without a
-    classifier: no ``logits``); without, the pooled NaViT's."""
+    classifier: no ``logits``); without, the pooled NaViT's. A pooled model always uses ``patches`` and
+    ``cu_seqlens`` (its pooling is per image); a tower's dense lowering never reads ``cu_seqlens`` (its full
+    attention masks by segment ids, its windows use ``window_cu_seqlens``), so only ``patches`` is required."""
     from navit_deploy.runtime.runner import INPUT_NAMES, OUTPUT_NAMES
 
     want_in = tuple(artifact.inputs) if artifact is not None else INPUT_NAMES
     want_out = tuple(artifact.outputs) if artifact is not None else OUTPUT_NAMES
+    needed = ("patches",) if artifact is not None and artifact.output_kind == "tokens" else ("patches", "cu_seqlens")
     extra = [n for n in inputs if n not in want_in]
-    if extra or sorted(outputs) != sorted(want_out) or "patches" not in inputs or "cu_seqlens" not in inputs:
+    if extra or sorted(outputs) != sorted(want_out) or any(n not in inputs for n in needed):
         kind = "" if artifact is None else f" ({artifact.output_kind} model, family {artifact.family})"
         raise ArtifactMismatchError(f"{what} is not a NaViT export{kind}: inputs {list(inputs)}, "
                                     f"outputs {list(outputs)} (expected inputs {list(want_in)}, outputs "

@@ -10,6 +10,11 @@ Two steps:
   failures), ``Profile``/``CreateConfig`` (profiles, timing cache, workspace, FP16/INT8 flags on TensorRT 10)
   and ``EngineBytesFromNetwork`` (build and timing-cache save); it writes ``<engine>`` and ``<engine>.json``.
 
+A VLM tower's export (artifact ``output_kind`` "tokens": Qwen2.5-VL with two window inputs, Qwen2-VL without)
+compiles the same way: its inputs and their declared shapes are read from the ONNX graph, and its profiles get the
+merge-block unit and, when windowed, the window range (:mod:`navit_deploy.compile.profiles`); every network input
+gets a shape range in every profile. The sidecar keeps the artifact's ``output_kind``, ``inputs`` and ``window``.
+
 The sidecar is the ONNX model's :class:`DeploymentArtifact` with the engine's precision and an ``engine``
 section under ``extra`` (:class:`~navit_deploy.compile.compat.EngineInfo`): TensorRT version, GPU name and
 compute capability, profiles, precision and builder flags, plugin library path and sha256, source ONNX sha256,
@@ -354,7 +359,7 @@ def _build(trt: Any, poly: PolygraphyApi, plan: CompilePlan, precision: Precisio
             raise EngineBuildError(f"the optimization profile {p.describe()} gives no shapes for network inputs "
                                    f"{uncovered} of {req.onnx}")
         prof = poly.trt.Profile()
-        for name in net_inputs:  # TensorRT drops inputs the network does not use: only the kept ones get shapes
+        for name in net_inputs:  # all parsed inputs; the builder later drops those the graph never reads
             lo, opt, hi = shapes[name]
             prof.add(name, min=lo, opt=opt, max=hi)
         profiles.append(prof)

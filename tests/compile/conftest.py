@@ -52,6 +52,8 @@ def write_fake_onnx(path: Path, artifact: DeploymentArtifact, qdq: bool | str = 
     else:
         last = "x"
     nodes += [helper.make_node("Identity", [last], ["embeddings"]), helper.make_node("Identity", [last], ["logits"])]
+    if not artifact.has_logits:  # an encoder without a classifier (SigLIP 2): embeddings only
+        outputs, nodes = outputs[:1], nodes[:-1]
     model = helper.make_model(helper.make_graph(nodes, "fake_navit", inputs, outputs, inits),
                               opset_imports=[helper.make_opsetid("", 18)])
     model.metadata_props.add(key=METADATA_KEY, value=artifact.to_json())

@@ -222,9 +222,20 @@ ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor
              "tensor(int32)": np.int32}
 
 
+def unused_inputs(onnx_path) -> tuple[str, ...]:
+    """Graph inputs no node reads: TensorRT's builder drops them ("Unused Input"), so its engine lacks them."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    read = {i for n in [*model.graph.node, *(n for f in model.functions for n in f.node)] for i in n.input}
+    return tuple(i.name for i in model.graph.input if i.name not in read)
+
+
 class OnnxEngine(FakeEngine):
     """A fake engine that runs an exported model with ONNX Runtime: its I/O names and dtypes are the model's,
-    its profiles those given. Output shapes: ``tokens [T / unit, D]``, ``embeddings``/``logits`` ``[B, .]``."""
+    less the inputs no node reads (TensorRT drops them; ONNX Runtime still wants them, so they get zeros, which
+    also shows they are unused), its profiles those given. Output shapes: ``tokens [T / unit, D]``,
+    ``embeddings``/``logits`` ``[B, .]``."""
 
     def __init__(self, onnx_path, profiles, unit: int = 1, reference_ops: bool = False) -> None:
         from navit_deploy.runtime.onnx_runner import OnnxRunner
@@ -232,9 +243,13 @@ class OnnxEngine(FakeEngine):
         runner = OnnxRunner(onnx_path, reference_ops=reference_ops).activate()
         self.session = runner.session
         ins, outs = self.session.get_inputs(), self.session.get_outputs()
-        super().__init__(profiles, patch_dim=int(ins[0].shape[1]), inputs=[i.name for i in ins])
+        self.dropped = unused_inputs(onnx_path)
+        super().__init__(profiles, patch_dim=int(ins[0].shape[1]),
+                         inputs=[i.name for i in ins if i.name not in self.dropped])
         self.dtypes = {v.name: ORT_TYPES[v.type] for v in [*ins, *outs]}
         self.widths = {o.name: int(o.shape[1]) for o in outs}
+        self.dropped_shapes = {i.name: tuple(d if isinstance(d, int) else 2 for d in i.shape) for i in ins
+                               if i.name in self.dropped}
         self.names = self.inputs + [o.name for o in outs]
         self.unit = unit
 
@@ -247,7 +262,8 @@ class OnnxEngine(FakeEngine):
 
     def compute(self, feed):
         names = self.names[len(self.inputs):]
-        return dict(zip(names, self.session.run(names, feed)))
+        zeros = {n: np.zeros(self.dropped_shapes[n], dtype=self.dtypes[n]) for n in self.dropped}
+        return dict(zip(names, self.session.run(names, {**feed, **zeros})))
 
 
 class FakeRegistry:

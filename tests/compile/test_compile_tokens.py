@@ -79,7 +79,7 @@ def test_mistake_a_user_profile_without_the_window_input(monkeypatch, fake_token
             ["patches:1,256,512 cu_seqlens:2,5,65 window_cu_seqlens:2,9,129"], PATCH_DIM),)))
 
 
-def test_mistake_the_build_giving_no_window_shapes(monkeypatch, fake_tokens_onnx, tmp_path):
+def test_mistake_profiles_that_lose_the_window_inputs(monkeypatch, fake_tokens_onnx, tmp_path):
     """If the profiles lost the window inputs between planning and building, the build refuses (TensorRT would)."""
     FakeBuild().install(monkeypatch)
     real = PackProfile.shapes
@@ -143,3 +143,28 @@ def test_network_with_other_outputs_than_the_artifact_is_refused(monkeypatch, fa
                                                     r".*window_cu_seqlens.*outputs \['tokens'\]"):
         compile_engine(_req(onnx, tmp_path, pack_lens=(256,)))
     assert fake.configs == []
+
+
+def test_cli_compiles_a_tower_with_a_window_profile(monkeypatch, fake_tokens_onnx, tmp_path, capsys):
+    from navit_deploy.cli import main
+
+    fake = FakeBuild().install(monkeypatch)
+    onnx, out = fake_tokens_onnx(), tmp_path / "tower.engine"
+    assert main(["compile", "--onnx", str(onnx), "--out", str(out), "--json", "--profile", "patches:4,512,1024",
+                 "cu_seqlens:2,3,65", "window_cu_seqlens:2,17,257"]) == 0
+    info = __import__("json").loads(capsys.readouterr().out)
+    assert info["profiles"] == [{"tokens": [4, 512, 1024], "images": [1, 2, 64], "windows": [1, 16, 256], "unit": 4}]
+    assert dict(fake.configs[0]["profiles"][0])["window_cu_seqlens"] == ((2,), (17,), (257,))
+    assert main(["compile", "--onnx", str(onnx), "--out", str(out), "--profile", "patches:4,512,1024",
+                 "cu_seqlens:2,3,65"]) == 2
+    assert "window_cu_seqlens:MIN,OPT,MAX" in capsys.readouterr().err
+
+
+def test_an_encoder_without_classifier_compiles(monkeypatch, tmp_path):
+    """I/O names are checked against the artifact, not the pooled classifier's set: no ``logits`` is fine."""
+    from tests.compile.conftest import make_artifact, write_fake_onnx
+
+    FakeBuild().install(monkeypatch)
+    onnx = write_fake_onnx(tmp_path / "enc.onnx", make_artifact().with_(outputs=["embeddings"]))
+    res = compile_engine(_req(onnx, tmp_path, pack_lens=(256,)))
+    assert read_artifact(res.engine_path).outputs == ("embeddings",)
