@@ -81,7 +81,7 @@ def measure(model: str, n: int = 8, max_pixels: int = 1024 * 1024, seed: int = 0
     from navit_deploy.export.onnx_export import export_onnx
     from navit_deploy.frontend import prepare_image
     from navit_deploy.model.weights import load_model
-    from navit_deploy.packing import WindowSpec, recommended_packing
+    from navit_deploy.packing import recommended_packing
 
     net = load_model(model)
     c = net.config
@@ -91,8 +91,7 @@ def measure(model: str, n: int = 8, max_pixels: int = 1024 * 1024, seed: int = 0
     with tempfile.TemporaryDirectory() as tmp:
         files = workload_files(fe, n, seed, Path(tmp) / "img")
         items = [prepare_image(f, fe) for f in files]
-        spec = WindowSpec(fe.merge_size, c.window_merged)
-        packer = recommended_packing(fe.max_tokens_per_image, "dense", "cpu", 64, windows=spec)
+        packer = recommended_packing(fe.max_tokens_per_image, "dense", "cpu", 64, windows=c.windows)
         feeds = [p.model_inputs() for p in packer.pack(items)]
         out: dict[str, Any] = {"images": n, "max_pixels": max_pixels, "packs": len(feeds),
                                "tokens_per_image": float(np.mean([i.num_tokens for i in items]))}

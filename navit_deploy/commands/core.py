@@ -191,12 +191,7 @@ def pack_target(model: str) -> tuple[Any, str, str, int, Any]:
         cfg = NaViTConfig.load(cfg_path)
     else:
         cfg = model_config(model)
-    windows = None
-    if cfg.output == "tokens":
-        from navit_deploy.packing.windows import WindowSpec
-
-        windows = WindowSpec(cfg.frontend.merge_size, cfg.window_merged)
-    return cfg.frontend, "dense", "cpu", 64, windows
+    return cfg.frontend, "dense", "cpu", 64, cfg.windows
 
 
 def _merged(patch_tokens: int, fe: Any) -> dict[str, int]:

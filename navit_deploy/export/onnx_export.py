@@ -39,7 +39,6 @@ def example_pack(model: NaViT, grids: tuple[tuple[int, int], ...] | None = None)
     grids of whole merge blocks, several windows per image and whole blocks of padding."""
     rng = np.random.default_rng(0)
     from navit_deploy.frontend import PreparedImage
-    from navit_deploy.packing.windows import WindowSpec
 
     c = model.config
     tokens = c.output == "tokens"
@@ -47,9 +46,8 @@ def example_pack(model: NaViT, grids: tuple[tuple[int, int], ...] | None = None)
     grids = grids or (((10, 14), (4, 4), (2, 6)) if tokens else ((5, 7), (3, 3), (1, 4)))
     items = [PreparedImage(rng.standard_normal((h * w, c.patch_dim)).astype(np.float32),
                            grid_coords(h, w, merge), (h, w), (w, h), (w, h)) for h, w in grids]
-    spec = WindowSpec(merge, c.window_merged) if tokens else None
     pad = merge * merge if tokens else 3
-    return build_pack(items, list(range(len(items))), pack_len=sum(h * w for h, w in grids) + pad, windows=spec)
+    return build_pack(items, list(range(len(items))), pack_len=sum(h * w for h, w in grids) + pad, windows=c.windows)
 
 
 def export_onnx(model: NaViT, out: str | Path, *, lowering: str = "dense", weights_sha256: str = "",
@@ -90,12 +88,12 @@ def export_onnx(model: NaViT, out: str | Path, *, lowering: str = "dense", weigh
                                     report=False, verbose=False)
     proto = program.model_proto
     _finalize(proto, low.name)
-    unit = cfg.frontend.merge_size ** 2 if cfg.output == "tokens" else 1
+    unit = cfg.frontend.tokens_per_merged_token if cfg.output == "tokens" else 1
     artifact = DeploymentArtifact(frontend=cfg.frontend, labels=cfg.label_names(), lowering=low.name, precision="fp32",
                                   weights_sha256=weights_sha256, dim=cfg.dim, num_heads=cfg.heads,
                                   head_dim=cfg.head_dim, pack_len=-(-pack_len // unit) * unit, max_images=max_images,
                                   opset=opset, outputs=cfg.outputs, family=cfg.family,
-                                  output_kind="tokens" if cfg.output == "tokens" else "pooled", inputs=cfg.inputs,
+                                  output_kind=cfg.output, inputs=cfg.inputs,
                                   window=cfg.window_merged, token_dim=cfg.out_dim if cfg.output == "tokens" else 0,
                                   extra={"window_slots": bool(window_slots and cfg.windowed and low.name == "dense")}
                                   if cfg.windowed else {})

@@ -174,6 +174,15 @@ class NaViTConfig:
         return self.window_size // (fe.patch_size * fe.merge_size) if self.windowed else 0
 
     @property
+    def windows(self):  # -> WindowSpec | None (packing stays out of the config's import time)
+        """How packs for this model hold merge blocks and windows (a VLM tower); None for a pooled model."""
+        if self.output != "tokens":
+            return None
+        from navit_deploy.packing.windows import WindowSpec
+
+        return WindowSpec(self.frontend.merge_size, self.window_merged)
+
+    @property
     def inputs(self) -> tuple[str, ...]:
         """The model's inputs, in order."""
         base = ("patches", "coords", "segment_ids", "cu_seqlens")

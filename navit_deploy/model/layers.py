@@ -291,7 +291,7 @@ class PatchMerger(nn.Module):
 
     def __init__(self, c: NaViTConfig) -> None:
         super().__init__()
-        self.unit = c.frontend.merge_size ** 2
+        self.unit = c.frontend.tokens_per_merged_token
         self.hidden = c.dim * self.unit
         self.norm = block_norm(c.dim, c, eps=1e-6)
         self.mlp = nn.Sequential(nn.Linear(self.hidden, self.hidden), nn.GELU(), nn.Linear(self.hidden, c.out_dim))

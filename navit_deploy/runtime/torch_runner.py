@@ -25,10 +25,7 @@ class TorchRunner(Runner):
         super().__init__(self.model.config.patch_dim, limits)
         c = self.model.config
         self.input_names = c.inputs
-        if c.output == "tokens":
-            from navit_deploy.packing.windows import WindowSpec
-
-            self.output_kind, self.windows = "tokens", WindowSpec(c.frontend.merge_size, c.window_merged)
+        self.output_kind, self.windows = c.output, c.windows
 
     def _activate(self) -> None:
         self.model.to(self.device)
