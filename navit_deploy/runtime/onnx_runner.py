@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from navit_deploy.frontend.config import budget_flag
 from navit_deploy.errors import ArtifactMismatchError, BackendUnavailableError
+from navit_deploy.frontend.config import budget_flag
 from navit_deploy.runtime.artifact import DeploymentArtifact, check_io_shapes, read_artifact, sha256_file
-from navit_deploy.runtime.runner import PackLimits, Runner, RunnerOutput
+from navit_deploy.runtime.runner import PackLimits, Runner, RunnerOutput, tokens_output
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 CUSTOM_DOMAINS = {"trt-plugin": "navit", "trt-native": "trt", "ort-packed": "com.microsoft"}
@@ -193,11 +193,7 @@ class OnnxRunner(Runner):
         assert self.session is not None
         outs = self.session.run(list(self.artifact.outputs), {k: feed[k] for k in self.input_names})
         if self.output_kind == "tokens":
-            tokens = np.asarray(outs[0], dtype=np.float32)
-            if tokens.ndim != 2 or tokens.shape[1] != self.artifact.token_dim:
-                raise ArtifactMismatchError(f"{self.path} returned tokens of shape {list(tokens.shape)}, but its "
-                                            f"artifact says [blocks, {self.artifact.token_dim}]; re-export the model")
-            return RunnerOutput(None, None, tokens)
+            return tokens_output(outs[0], self.artifact.token_dim, self.path, "re-export the model")
         emb = outs[0]
         if emb.ndim != 2 or emb.shape[1] != self.artifact.dim:
             raise ArtifactMismatchError(f"{self.path} returned embeddings of shape {list(emb.shape)}, but its artifact "

@@ -26,9 +26,9 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
-from navit_deploy.frontend.config import budget_flag
 from navit_deploy.errors import ImageError
 from navit_deploy.frontend import FrontendConfig, ImageSource, PreparedImage, describe_source, prepare_image
+from navit_deploy.frontend.config import budget_flag
 from navit_deploy.frontend.loading import ChannelOrder
 from navit_deploy.packing import PackedBatch, Packer, StreamPolicy, split_tokens
 from navit_deploy.runtime.memory import trim_heap

@@ -20,6 +20,7 @@ WINDOW_INPUTS = ("window_segment_ids", "window_cu_seqlens")  # windowed VLM towe
 OUTPUT_NAMES = ("embeddings", "logits")  # a model without a classifier has the first one only
 INPUT_DTYPES = {"patches": np.float32, "coords": np.int64, "segment_ids": np.int64, "cu_seqlens": np.int32}
 WINDOW_DTYPES = {"window_segment_ids": np.int64, "window_cu_seqlens": np.int32}
+_DTYPES = {**INPUT_DTYPES, **WINDOW_DTYPES}
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,18 @@ class RunnerOutput:
     embeddings: np.ndarray | None
     logits: np.ndarray | None = None
     tokens: np.ndarray | None = None
+
+
+def tokens_output(tokens: np.ndarray, token_dim: int, path: object, fix: str) -> RunnerOutput:
+    """A VLM tower's merged tokens as a :class:`RunnerOutput`, refused when their width is not the artifact's
+    (``fix``: what to do about it, e.g. "re-export the model")."""
+    from navit_deploy.errors import ArtifactMismatchError
+
+    tokens = np.asarray(tokens, dtype=np.float32)
+    if tokens.ndim != 2 or tokens.shape[1] != token_dim:
+        raise ArtifactMismatchError(f"{path} returned tokens of shape {list(tokens.shape)}, but its artifact says "
+                                    f"[blocks, {token_dim}]; {fix}")
+    return RunnerOutput(None, None, tokens)
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,7 @@ def validate_inputs(feed: dict[str, np.ndarray], patch_dim: int, limits: PackLim
     if missing or extra:
         raise InputValidationError(f"feed must have exactly {list(names)}; missing {missing}, unexpected {extra}")
     for name in names:
-        dtype = {**INPUT_DTYPES, **WINDOW_DTYPES}[name]
+        dtype = _DTYPES[name]
         if feed[name].dtype != dtype:
             raise InputValidationError(f"input {name!r} must be {np.dtype(dtype).name}, got {feed[name].dtype}")
     patches, coords, seg, cu = (feed[n] for n in INPUT_NAMES)

@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from navit_deploy.frontend.config import budget_flag
 from navit_deploy.compile.compat import EngineInfo, check_engine, check_io_names, sha256_file
 from navit_deploy.compile.profiles import PackProfile, choose_profile, limits_for
 from navit_deploy.errors import ArtifactMismatchError, BackendUnavailableError, InputValidationError, NavitError
+from navit_deploy.frontend.config import budget_flag
 from navit_deploy.runtime.artifact import DeploymentArtifact, read_artifact, sidecar_path
-from navit_deploy.runtime.runner import Runner, RunnerOutput
+from navit_deploy.runtime.runner import Runner, RunnerOutput, tokens_output
 
 
 class TensorRTExecutionError(NavitError):
@@ -255,11 +255,7 @@ class TensorRTRunner(Runner):
         """The engine's outputs as the ONNX runner returns them (merged tokens, or embeddings and logits)."""
         art = self.artifact
         if self.output_kind == "tokens":
-            tokens = np.asarray(arrays["tokens"], dtype=np.float32)
-            if tokens.ndim != 2 or tokens.shape[1] != art.token_dim:
-                raise ArtifactMismatchError(f"{self.path} returned tokens of shape {list(tokens.shape)}, but its "
-                                            f"artifact says [blocks, {art.token_dim}]; rebuild the engine")
-            return RunnerOutput(None, None, tokens)
+            return tokens_output(arrays["tokens"], art.token_dim, self.path, "rebuild the engine")
         emb = np.asarray(arrays["embeddings"], dtype=np.float32)
         logits = np.asarray(arrays["logits"], dtype=np.float32) if "logits" in arrays else None
         return RunnerOutput(emb, logits)
