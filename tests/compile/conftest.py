@@ -13,13 +13,23 @@ from pathlib import Path
 import pytest
 
 from navit_deploy.compile.compat import EngineInfo, GpuInfo, sha256_file, with_engine
+from navit_deploy.compile.plugin_lib import find_plugin_library
 from navit_deploy.compile.profiles import default_profiles
+from navit_deploy.errors import PluginError
 from navit_deploy.frontend import FrontendConfig
 from navit_deploy.runtime.artifact import METADATA_KEY, DeploymentArtifact, write_sidecar
 
 TINY_FRONTEND = FrontendConfig(patch_size=16, max_patches=64, max_grid=32)  # patch_dim 768
 FAKE_GPU = GpuInfo("NVIDIA Fake GPU", "8.7")
 FAKE_TRT_VERSION = "10.3.0.30"
+
+
+def plugin_or_skip() -> str:
+    """The built plugin library's path, or skip the test (build it with scripts/check_plugin_build.sh)."""
+    try:
+        return str(find_plugin_library())
+    except PluginError as exc:
+        pytest.skip(f"plugin library not built: {exc}")
 
 
 def make_artifact(lowering: str = "dense", precision: str = "fp32", head_dim: int = 64, pack_len: int = 512,

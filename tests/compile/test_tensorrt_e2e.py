@@ -19,12 +19,12 @@ from navit_deploy.cli import main
 from navit_deploy.compile import trt_env
 from navit_deploy.compile.compat import EngineInfo, is_trt11, major_minor, sha256_file
 from navit_deploy.compile.engine import CompileRequest, compile_engine
-from navit_deploy.compile.plugin_lib import find_plugin_library
-from navit_deploy.errors import ArtifactMismatchError, BackendUnavailableError, InputValidationError, PluginError
+from navit_deploy.errors import ArtifactMismatchError, BackendUnavailableError, InputValidationError
 from navit_deploy.packing import build_pack
 from navit_deploy.runtime.artifact import read_artifact, sidecar_path
 from navit_deploy.runtime.onnx_runner import OnnxRunner
 from navit_deploy.runtime.tensorrt_runner import TensorRTRunner
+from tests.compile.conftest import plugin_or_skip
 from tests.conftest import fake_image
 
 VERSION = str(trt.__version__)
@@ -54,12 +54,7 @@ def engines(exported, tmp_path_factory):
     def get(lowering: str, precision: str = "fp32"):
         key = (lowering, precision)
         if key not in cache:
-            plugin = None
-            if lowering == "trt-plugin":
-                try:
-                    plugin = str(find_plugin_library())
-                except PluginError as exc:
-                    pytest.skip(f"plugin library not built: {exc}")
+            plugin = plugin_or_skip() if lowering == "trt-plugin" else None
             cache[key] = compile_engine(CompileRequest(onnx=exported(lowering), out=root / f"{lowering}.{precision}.engine",
                                                        precision=precision, plugin=plugin, pack_lens=(256, 512),
                                                        timing_cache=root / "timing.cache")).engine_path

@@ -22,8 +22,6 @@ from PIL import Image  # noqa: E402
 
 from navit_deploy.compile.compat import major_minor  # noqa: E402
 from navit_deploy.compile.engine import CompileRequest, compile_engine  # noqa: E402
-from navit_deploy.compile.plugin_lib import find_plugin_library  # noqa: E402
-from navit_deploy.errors import PluginError  # noqa: E402
 from navit_deploy.packing import Packer  # noqa: E402
 from navit_deploy.runtime.artifact import read_artifact  # noqa: E402
 from navit_deploy.runtime.onnx_runner import OnnxRunner  # noqa: E402
@@ -31,6 +29,7 @@ from navit_deploy.runtime.pipeline import Pipeline  # noqa: E402
 from navit_deploy.runtime.tensorrt_runner import TensorRTRunner  # noqa: E402
 from tests.compile.test_tensorrt_e2e import gpu  # noqa: E402,F401  (autouse: skips without cuda-python and a GPU)
 from tests.importers.conftest import build_qwen  # noqa: E402
+from tests.compile.conftest import plugin_or_skip  # noqa: E402
 
 VERSION = str(trt.__version__)
 SIZES = [(300, 200), (100, 100), (500, 90), (56, 56), (200, 400), (60, 800), (56, 56), (420, 420), (90, 500)]
@@ -50,12 +49,7 @@ def test_tower_engine_matches_onnxruntime(kind, lowering, images, tmp_path):
 
     if lowering == "trt-native" and major_minor(VERSION) < (11, 1):
         pytest.skip(f"trt-native needs TensorRT >= 11.1 (here {VERSION})")
-    plugin = None
-    if lowering == "trt-plugin":
-        try:
-            plugin = str(find_plugin_library())
-        except PluginError as exc:
-            pytest.skip(f"plugin library not built: {exc}")
+    plugin = plugin_or_skip() if lowering == "trt-plugin" else None
     build_qwen(tmp_path / "ckpt", kind)
     ckpt = tmp_path / "ckpt"
     onnx = export_onnx(load_model(ckpt), tmp_path / f"m.{lowering}.onnx", lowering=lowering,
