@@ -12,12 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from navit_deploy.errors import CheckpointError
+from navit_deploy.errors import CheckpointError, ConfigError
 from navit_deploy.model.config import NaViTConfig
 from navit_deploy.runtime.artifact import sha256_file
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+PREPROCESSOR = "preprocessor_config.json"
+# PIL resampling codes as stored in preprocessor_config.json
+_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 
 @dataclass
@@ -123,3 +126,23 @@ def patches_ppc_to_cpp(x: Any, patch: int, channels: int = 3) -> Any:
 
     n = x.shape[0]
     return np.ascontiguousarray(x.reshape(n, patch, patch, channels).transpose(0, 3, 1, 2).reshape(n, -1))
+
+
+def processor_pixels(pre: dict[str, Any], *, resample: int, mean: list[float], std: list[float],
+                     resize_why: str) -> dict[str, Any]:
+    """The pixel settings of a transformers image processor's ``preprocessor_config.json`` as
+    :class:`~navit_deploy.frontend.config.FrontendConfig` keywords: PIL ``resample`` (the processor's default
+    code when the file has none), ``rescale`` and ``mean``/``std`` (``do_rescale``/``do_normalize`` honoured,
+    the processor's defaults otherwise), and the reference's decoding (exact filter, no JPEG draft, EXIF
+    transpose then ``convert("RGB")``). A file with ``do_resize=false`` is refused (``resize_why``)."""
+    if pre.get("do_resize", True) is False:
+        raise ConfigError(f"{PREPROCESSOR} has do_resize=false: {resize_why}")
+    code = pre.get("resample", resample)
+    if code not in _RESAMPLE:
+        raise ConfigError(f"{PREPROCESSOR}: resample={code} is not supported (2 bilinear, 3 bicubic)")
+    rescale = float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) else 1.0
+    mean, std = pre.get("image_mean", mean), pre.get("image_std", std)
+    if not pre.get("do_normalize", True):
+        mean, std = [0.0] * 3, [1.0] * 3
+    return {"mean": tuple(float(m) for m in mean), "std": tuple(float(s) for s in std), "rescale": rescale,
+            "resample": _RESAMPLE[code], "reducing_gap": None, "jpeg_draft": False, "to_rgb": "convert"}

@@ -27,16 +27,14 @@ from typing import Any
 
 from navit_deploy.errors import CheckpointError, ConfigError
 from navit_deploy.frontend.config import FrontendConfig
-from navit_deploy.importers.base import (ImportedModel, load_tensors, read_json, require, safetensors_keys,
-                                         weight_files, weights_digest)
+from navit_deploy.importers.base import (PREPROCESSOR, ImportedModel, load_tensors, processor_pixels, read_json,
+                                         require, safetensors_keys, weight_files, weights_digest)
 from navit_deploy.model.config import NaViTConfig
 
 FULL_TYPES = ("qwen2_5_vl", "qwen2_vl")
 VISION_TYPES = ("qwen2_5_vl_vision", "qwen2_vl_vision")
 PREFIXES = ("model.visual.", "visual.", "")
-PREPROCESSOR = "preprocessor_config.json"
 MAX_GRID = 1 << 14  # rotary positions: no table bounds the grid
-_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 _ACTS = {"silu": "silu", "quick_gelu": "quick", "gelu": "exact", "gelu_pytorch_tanh": "tanh"}
 # transformers' Qwen2_5_VLVisionConfig / Qwen2VLVisionConfig defaults
 _DEFAULTS_25 = {"depth": 32, "hidden_size": 3584, "hidden_act": "silu", "intermediate_size": 3420, "num_heads": 16,
@@ -98,24 +96,15 @@ def frontend_config(pre: dict[str, Any], vision_cfg: dict[str, Any]) -> Frontend
                       ("temporal_patch_size", "temporal_patch_size")):
         if key in pre and int(pre[key]) != int(vc[name]):
             raise CheckpointError(f"{PREPROCESSOR} has {key} {pre[key]}, the model's config {vc[name]}")
-    if pre.get("do_resize", True) is False:
-        raise ConfigError(f"{PREPROCESSOR} has do_resize=false: Qwen-VL images must be resized to whole merge blocks")
-    resample = pre.get("resample", 3)
-    if resample not in _RESAMPLE:
-        raise ConfigError(f"{PREPROCESSOR}: resample={resample} is not supported (2 bilinear, 3 bicubic)")
+    pixels = processor_pixels(pre, resample=3, mean=[0.48145466, 0.4578275, 0.40821073],  # CLIP's mean/std
+                              std=[0.26862954, 0.26130258, 0.27577711],
+                              resize_why="Qwen-VL images must be resized to whole merge blocks")
     if int(vc["in_channels"]) != 3:
         raise ConfigError(f"Qwen-VL with {vc['in_channels']} channels is not supported (RGB only)")
     lo, hi = _pixels(pre)
-    rescale = float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) else 1.0
-    mean = pre.get("image_mean", [0.48145466, 0.4578275, 0.40821073])
-    std = pre.get("image_std", [0.26862954, 0.26130258, 0.27577711])
-    if not pre.get("do_normalize", True):
-        mean, std = [0.0] * 3, [1.0] * 3
     return FrontendConfig(patch_size=int(vc["patch_size"]), channels=3, budget="pixels", min_pixels=lo, max_pixels=hi,
-                          max_grid=MAX_GRID, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
-                          rescale=rescale, resample=_RESAMPLE[resample], reducing_gap=None, jpeg_draft=False,
-                          to_rgb="convert", temporal_patch_size=int(vc["temporal_patch_size"]),
-                          merge_size=int(vc["spatial_merge_size"]))
+                          max_grid=MAX_GRID, temporal_patch_size=int(vc["temporal_patch_size"]),
+                          merge_size=int(vc["spatial_merge_size"]), **pixels)
 
 
 def navit_config(cfg: dict[str, Any], frontend: FrontendConfig) -> NaViTConfig:

@@ -27,8 +27,10 @@ from typing import Any
 from navit_deploy.errors import CheckpointError, ConfigError
 from navit_deploy.frontend.config import FrontendConfig
 from navit_deploy.importers.base import (
+    PREPROCESSOR,
     ImportedModel,
     load_tensors,
+    processor_pixels,
     read_json,
     require,
     weight_files,
@@ -38,11 +40,8 @@ from navit_deploy.model.config import NaViTConfig
 
 MODEL_TYPES = ("siglip2", "siglip2_vision_model")
 RESIZED_MAX_GRID = 1 << 14
-PREPROCESSOR = "preprocessor_config.json"
 VISION_PREFIX = "vision_model."
 _ACTS = {"gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu": "exact"}
-# PIL resampling codes as stored in preprocessor_config.json
-_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 
 def detect(src: str | Path) -> bool:
@@ -72,25 +71,16 @@ def frontend_config(pre: dict[str, Any], vc: dict[str, Any]) -> FrontendConfig:
     patch = int(pre.get("patch_size", vc["patch_size"]))
     if patch != int(vc["patch_size"]):
         raise CheckpointError(f"{PREPROCESSOR} has patch_size {patch}, the model {vc['patch_size']}")
-    if pre.get("do_resize", True) is False:
-        raise ConfigError(f"{PREPROCESSOR} has do_resize=false: NaFlex images must be resized to whole patches")
-    resample = pre.get("resample", 2)
-    if resample not in _RESAMPLE:
-        raise ConfigError(f"{PREPROCESSOR}: resample={resample} is not supported (2 bilinear, 3 bicubic)")
+    pixels = processor_pixels(pre, resample=2, mean=[0.5] * 3, std=[0.5] * 3,
+                              resize_why="NaFlex images must be resized to whole patches")
     max_patches = int(pre.get("max_num_patches", 256))
-    rescale = float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) else 1.0
-    mean, std = pre.get("image_mean", [0.5] * 3), pre.get("image_std", [0.5] * 3)
-    if not pre.get("do_normalize", True):
-        mean, std = [0.0] * 3, [1.0] * 3
     channels = int(vc["num_channels"])
     if channels != 3:
         raise ConfigError(f"SigLIP 2 with {channels} channels is not supported (RGB only)")
     # The position table is resized to any grid, so no grid side is out of range (max_grid only guards the
     # indexed tables of other families).
     return FrontendConfig(patch_size=patch, channels=3, budget="naflex", max_patches=max_patches,
-                          max_grid=RESIZED_MAX_GRID, mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
-                          rescale=rescale, resample=_RESAMPLE[resample], reducing_gap=None, jpeg_draft=False,
-                          to_rgb="convert")
+                          max_grid=RESIZED_MAX_GRID, **pixels)
 
 
 def navit_config(vc: dict[str, Any], frontend: FrontendConfig) -> NaViTConfig:

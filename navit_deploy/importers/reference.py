@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from navit_deploy.errors import BackendUnavailableError, CheckpointError
+from navit_deploy.importers.base import PREPROCESSOR
 from navit_deploy.frontend import ImageSource, PreparedImage, describe_source, grid_coords
 from navit_deploy.runtime.results import ImageResult
 
@@ -49,6 +50,12 @@ def quiet_transformers() -> Iterator[None]:
         tf_logging.set_verbosity(level)
         if bars:
             tf_logging.enable_progress_bar()
+
+
+def load_processor(cls: Any, path: Path) -> Any:
+    """The image processor ``cls`` from the checkpoint's ``preprocessor_config.json``, or with the class's own
+    defaults when the directory has none (as the importers assume)."""
+    return cls.from_pretrained(path) if (path / PREPROCESSOR).is_file() else cls()
 
 
 def load_like_transformers(src: ImageSource) -> Any:
@@ -86,15 +93,13 @@ class Siglip2Reference:
         self.path = Path(path)
         model_type = json.loads((self.path / "config.json").read_text()).get("model_type")
         kw = {"attn_implementation": attn_implementation}
-        if model_type == "siglip2":
-            with quiet_transformers():
+        with quiet_transformers():
+            if model_type == "siglip2":
                 self.model = Siglip2Model.from_pretrained(self.path, **kw).vision_model
-        else:
-            with quiet_transformers():
+            else:
                 self.model = Siglip2VisionModel.from_pretrained(self.path, **kw)
         self.model.eval().float()
-        pre = self.path / "preprocessor_config.json"
-        self.processor = Siglip2ImageProcessorPil.from_pretrained(self.path) if pre.is_file() else Siglip2ImageProcessorPil()
+        self.processor = load_processor(Siglip2ImageProcessorPil, self.path)
         self.patch = int(self.processor.patch_size)
         self.name = f"transformers {self._version()} Siglip2VisionModel ({attn_implementation})"
 

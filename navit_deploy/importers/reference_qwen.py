@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from navit_deploy.errors import BackendUnavailableError
 from navit_deploy.frontend import ImageSource, PreparedImage, describe_source, grid_coords
-from navit_deploy.importers.reference import load_like_transformers, quiet_transformers
+from navit_deploy.importers.reference import load_like_transformers, load_processor, quiet_transformers
 from navit_deploy.runtime.results import ImageResult
 
 
@@ -39,22 +38,19 @@ class QwenVLReference:
         model_type = json.loads((self.path / "config.json").read_text()).get("model_type")
         kw = {"attn_implementation": attn_implementation}
         classes = {"qwen2_5_vl": tf.Qwen2_5_VLForConditionalGeneration, "qwen2_vl": tf.Qwen2VLForConditionalGeneration}
-        if model_type in classes:
-            with quiet_transformers():
+        with quiet_transformers():
+            if model_type in classes:
                 self.model = classes[model_type].from_pretrained(self.path, **kw).model.visual
-            tower = type(self.model).__name__
-        else:
-            from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
-            from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+            else:
+                from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+                from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
-            cls = (Qwen2_5_VisionTransformerPretrainedModel if model_type == "qwen2_5_vl_vision"
-                   else Qwen2VisionTransformerPretrainedModel)
-            with quiet_transformers():
+                cls = (Qwen2_5_VisionTransformerPretrainedModel if model_type == "qwen2_5_vl_vision"
+                       else Qwen2VisionTransformerPretrainedModel)
                 self.model = cls.from_pretrained(self.path, **kw)
-            tower = cls.__name__
+        tower = type(self.model).__name__
         self.model.eval().float()
-        pre = self.path / "preprocessor_config.json"
-        self.processor = Qwen2VLImageProcessorPil.from_pretrained(self.path) if pre.is_file() else Qwen2VLImageProcessorPil()
+        self.processor = load_processor(Qwen2VLImageProcessorPil, self.path)
         self.patch, self.merge = int(self.processor.patch_size), int(self.processor.merge_size)
         self.name = f"transformers {tf.__version__} {tower} ({attn_implementation})"
 
