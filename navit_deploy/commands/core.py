@@ -144,15 +144,13 @@ def _check_labels(runner, data: str) -> None:
     from navit_deploy.data.procedural import CLASSES
     from navit_deploy.errors import ConfigError
 
+    from navit_deploy.runtime.artifact import require_pooled
+
     if hasattr(runner, "artifact"):
-        runner.artifact.require_pooled("navit eval")
+        require_pooled(runner.output_kind, runner.artifact.family, "navit eval")
         has_logits, labels = runner.artifact.has_logits, tuple(runner.artifact.labels)
     else:
-        if runner.model.config.output == "tokens":
-            from navit_deploy.errors import OutputKindError
-
-            raise OutputKindError("navit eval needs a classifier's logits; this model returns merged visual tokens "
-                                  "for a language model (a VLM tower): use navit parity or navit bench")
+        require_pooled(runner.output_kind, runner.model.config.family, "navit eval")
         has_logits, labels = bool(runner.model.config.num_classes), runner.model.config.label_names()
     if not has_logits:
         raise ConfigError("this model has no classifier (an embedding model): there is no top-1 to evaluate; "

@@ -73,12 +73,7 @@ class DeploymentArtifact:
 
     def require_pooled(self, what: str) -> None:
         """Refuse a tokens artifact where one pooled vector per image is needed (``what``: the command)."""
-        if self.output_kind != "pooled":
-            from navit_deploy.errors import OutputKindError
-
-            raise OutputKindError(f"{what} needs one pooled embedding per image, but this model ({self.family}) "
-                                  f"returns {self.output_kind} (merged visual tokens for a language model); use "
-                                  "`navit run`/the Pipeline, whose results carry visual_tokens")
+        require_pooled(self.output_kind, self.family, what)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DeploymentArtifact":
@@ -105,6 +100,17 @@ class DeploymentArtifact:
         d = self.to_dict()
         d.update(changes)
         return DeploymentArtifact.from_dict(d)
+
+
+def require_pooled(output_kind: str, family: str, what: str) -> None:
+    """Refuse a model whose ``output_kind`` is not one pooled vector per image where ``what`` (a command) needs
+    one: a :class:`~navit_deploy.errors.OutputKindError` naming what the model returns instead."""
+    if output_kind != "pooled":
+        from navit_deploy.errors import OutputKindError
+
+        raise OutputKindError(f"{what} needs one pooled embedding per image, but this model ({family}) returns "
+                              f"{output_kind} (merged visual tokens for a language model); use `navit infer` or the "
+                              "Pipeline, whose results carry visual_tokens")
 
 
 def sidecar_path(model_path: str | Path) -> Path:
