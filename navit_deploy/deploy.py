@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from navit_deploy.console import Progress, progress_enabled, without_torchvision_warning
+from navit_deploy.console import Progress, progress_enabled
 from navit_deploy.errors import ConfigError
 from navit_deploy.export.lowerings import LOWERINGS
 from navit_deploy.parity import THRESHOLDS
@@ -89,7 +89,7 @@ def _deploy(model: str, out: Path, images: str | None, quick: bool, stages: _Sta
     parity_set = parity_images(images, cache=out / "parity_images")
     for name, low in LOWERINGS.items():
         try:
-            with stages.run(f"export {name}", "export"), without_torchvision_warning():
+            with stages.run(f"export {name}", "export"):
                 res = export_onnx(net, out / f"navit.{name}.onnx", lowering=name, weights_sha256=digest)
         except ConfigError as exc:  # e.g. the plugin's head dims: say so, export the others
             report["exports"].append({"lowering": name, "skipped": str(exc), "runs_on": low.tensorrt})
@@ -256,7 +256,7 @@ def render_markdown(r: dict[str, Any]) -> str:
                       "with each other exactly and with the dense row to float rounding: they prove each graph's "
                       "wiring (shapes, cumulative lengths, token offsets), not the GPU kernels' arithmetic."]
     notes = sorted({p["note"] for p in r["parity"] if p.get("note")})
-    lines += [f"", *[f"Note: {n}." for n in notes]] if notes else []
+    lines += ["", *[f"Note: {n}." for n in notes]] if notes else []
     if any(p.get("near_tie_flips") for p in r["parity"]):
         lines += ["", f"*Near-tie*: the reference's top-1 logit led the runner-up by less than "
                       f"{THRESHOLDS['int8'].tie_margin} (INT8's logit noise is a few hundredths); a flip there is "

@@ -45,7 +45,7 @@ from navit_deploy.bench.workloads import (
     make_workload,
     workload_sources,
 )
-from navit_deploy.console import Progress, without_torchvision_warning
+from navit_deploy.console import Progress
 from navit_deploy.frontend import FrontendConfig
 from navit_deploy.packing import Packer
 
@@ -104,8 +104,7 @@ def _ensure_onnx(cfg: BenchConfig, workdir: Path, log: Callable[[str], None]) ->
     out = workdir / "navit.dense.onnx"
     if not out.exists():
         log(f"exporting {cfg.model} (dense lowering) -> {out}")
-        with without_torchvision_warning():
-            export_onnx(load_model(cfg.model), out, lowering="dense", weights_sha256=model_digest(cfg.model))
+        export_onnx(load_model(cfg.model), out, lowering="dense", weights_sha256=model_digest(cfg.model))
     return out
 
 

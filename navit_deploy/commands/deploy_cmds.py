@@ -83,13 +83,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from navit_deploy.export.onnx_export import export_onnx
     from navit_deploy.model.weights import load_model, model_digest
 
-    from navit_deploy.console import without_torchvision_warning
-
     model = load_model(args.model)
     digest = model_digest(args.model)
-    with without_torchvision_warning():
-        res = export_onnx(model, args.out, lowering=args.attention, weights_sha256=digest, pack_len=args.pack_len,
-                          max_images=args.max_images, opset=args.opset)
+    res = export_onnx(model, args.out, lowering=args.attention, weights_sha256=digest, pack_len=args.pack_len,
+                      max_images=args.max_images, opset=args.opset)
     print(f"exported {args.model} -> {res.path} ({args.attention}, {res.path.stat().st_size / 1e6:.1f} MB, "
           f"{res.seconds:.1f} s); runs on: {LOWERINGS[args.attention].tensorrt}")
     return 0
