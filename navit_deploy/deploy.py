@@ -114,7 +114,7 @@ def _deploy(model: str, out: Path, images: str | None, quick: bool, stages: _Sta
     with stages.run("benchmark", "bench" if quick else "bench full"):
         report["bench"] = bench_summary(model, out / "navit.dense.onnx", quick=quick,
                                         onnx_int8=out / f"navit.dense.{ORT_CPU_INT8}.onnx", out=out / "bench",
-                                        progress=stages.progress)
+                                        progress=stages.progress, onnx_mha=_existing(out / "navit.ort-mha.onnx"))
     report["passed"] = all(p["passed"] for p in report["parity"]) and all(q.get("passed", True) for q in quant["rows"])
     return report
 
@@ -312,3 +312,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     for section in r.get("extra_sections", []):
         lines += ["", section]
     return "\n".join(lines) + "\n"
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.is_file() else None

@@ -10,8 +10,8 @@ from pathlib import Path
 from navit_deploy.errors import NavitError
 from navit_deploy.runtime.runner import Runner
 
-BACKEND_NAMES = ("ort-cpu", "ort-cpu-int8", "torch-dense", "torch-segment", "ort-cuda", "ort-cuda-packed", "tensorrt")
-DEFAULT_BACKENDS = ("ort-cpu", "ort-cpu-int8", "torch-dense", "torch-segment", "ort-cuda", "tensorrt")
+BACKEND_NAMES = ("ort-cpu", "ort-cpu-mha", "ort-cpu-int8", "torch-dense", "torch-segment", "ort-cuda", "ort-cuda-packed", "tensorrt")
+DEFAULT_BACKENDS = ("ort-cpu", "ort-cpu-mha", "ort-cpu-int8", "torch-dense", "torch-segment", "ort-cuda", "tensorrt")
 
 
 @dataclass
@@ -60,8 +60,9 @@ def _onnx_backend(key: str, path: Path, provider: str, threads: int | None) -> B
 
 def resolve_backends(keys: list[str], model: str, onnx: Path | None, onnx_int8: Path | None = None,
                      onnx_packed: Path | None = None, engine: Path | None = None,
-                     threads: int | None = None) -> tuple[list[Backend], list[Skipped]]:
-    """Build the requested backends that can run here; every other one comes back with its reason."""
+                     threads: int | None = None, onnx_mha: Path | None = None) -> tuple[list[Backend], list[Skipped]]:
+    """Build the requested backends that can run here; every other one comes back with its reason.
+    ``ort-cpu`` runs ``onnx`` (the dense lowering), ``ort-cpu-mha`` the ``ort-mha`` export ``onnx_mha``."""
     out: list[Backend] = []
     skipped: list[Skipped] = []
     for key in keys:
@@ -72,6 +73,10 @@ def resolve_backends(keys: list[str], model: str, onnx: Path | None, onnx_int8: 
                 if onnx is None:
                     raise NavitError("no ONNX model")
                 out.append(_onnx_backend(key, onnx, "cpu", threads))
+            elif key == "ort-cpu-mha":
+                if onnx_mha is None:
+                    raise NavitError("no ort-mha export given (--onnx-mha FILE; navit export --attention ort-mha)")
+                out.append(_onnx_backend(key, onnx_mha, "cpu", threads))
             elif key == "ort-cpu-int8":
                 if onnx_int8 is None:
                     raise NavitError("no INT8 model given (--onnx-int8 FILE, e.g. from navit quantize)")

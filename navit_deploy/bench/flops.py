@@ -9,6 +9,11 @@ Counting convention (multiply-add = 2 FLOPs, weights only, biases/norms/activati
   block-diagonal mask, which computes every cross-image score and masks it away;
 * attention pooling: ``4 * dim`` per token (scores and weighted sum) per image, ``2 * dim * T * (B + 1)``
   for the dense graph, which evaluates the weighted sum for every (image, token) pair.
+
+VLM towers (Qwen-VL): a gated MLP has three matrices; windowed blocks attend within windows of
+``window_tokens`` (``L * min(L, window_tokens)`` per image, whatever the lowering: the dense one computes
+windows in slots); the patch merger (``merge^2 * dim`` wide, to ``out_dim``) runs on every merged token
+instead of the pooling head.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ class ModelShape:
     num_classes: int
     inner: int = 0  # attention width (heads * head dim); 0: dim
     pos_table: int = 0  # a resized position table of pos_table**2 rows (SigLIP 2): one matmul per token
+    mlp_matrices: int = 2  # 3 for a gated MLP (gate, up, down)
+    windowed_depth: int = 0  # blocks attending within windows (the others attend over the whole image)
+    window_tokens: int = 0  # tokens of a whole window
+    merge_tokens: int = 0  # > 0: a tower with a patch merger over blocks of this many tokens, no pooling head
+    out_dim: int = 0  # the merger's output width
 
     @classmethod
     def from_config(cls, cfg: Any) -> ModelShape:
@@ -40,21 +50,31 @@ class ModelShape:
         inner = cfg.heads * cfg.head_dim if hasattr(cfg, "head_dim") else cfg.dim
         inner = 0 if inner == cfg.dim else inner
         table = cfg.pos_table ** 2 if getattr(cfg, "pos_mode", "") == "resized" else 0
+        tower = getattr(cfg, "output", "pooled") == "tokens"
+        windowed = cfg.depth - len(set(cfg.fullatt_blocks)) if getattr(cfg, "windowed", False) else 0
+        merge = cfg.frontend.merge_size ** 2 if tower else 0
         return cls(dim=cfg.dim, depth=cfg.depth, hidden=hidden, patch_dim=cfg.patch_dim, num_classes=cfg.num_classes,
-                   inner=inner, pos_table=table)
+                   inner=inner, pos_table=table, mlp_matrices=3 if getattr(cfg, "mlp", "plain") == "gated" else 2,
+                   windowed_depth=windowed, window_tokens=cfg.window_merged ** 2 * merge if windowed else 0,
+                   merge_tokens=merge, out_dim=cfg.out_dim if tower else 0)
 
     @property
     def weights_per_token(self) -> int:
         """Linear-layer weights applied to every token (padding included)."""
         d, h, i = self.dim, self.hidden, self.inner or self.dim
-        block = d * 3 * i + i * d + 2 * d * h
+        block = d * 3 * i + i * d + self.mlp_matrices * d * h
+        if self.merge_tokens:  # the merger's MLP, per merged token, spread over its tokens
+            u = self.merge_tokens * d
+            return self.patch_dim * d + self.depth * block + (u * u + u * self.out_dim) // self.merge_tokens
         return self.patch_dim * d + self.pos_table * d + self.depth * block + d * 2 * i
 
     @property
     def weights_per_image(self) -> int:
         """Linear-layer weights applied once per image (pooled vector: pooling proj + MLP, head)."""
+        if self.merge_tokens:
+            return 0
         d, h = self.dim, self.hidden
-        return d * d + 2 * d * h + d * self.num_classes
+        return d * d + self.mlp_matrices * d * h + d * self.num_classes
 
 
 def model_flops(shape: ModelShape, seqlens: Sequence[int], pack_len: int | None = None,
@@ -70,16 +90,20 @@ def model_flops(shape: ModelShape, seqlens: Sequence[int], pack_len: int | None 
     t = valid if pack_len is None else int(pack_len)
     if t < valid:
         raise ValueError(f"pack_len {t} is shorter than the {valid} tokens it holds")
-    d = shape.dim
+    d, i = shape.dim, shape.inner or shape.dim
     linear = 2 * shape.weights_per_token * t + 2 * shape.weights_per_image * len(lens)
+    full_depth = shape.depth - shape.windowed_depth
+    windowed = shape.windowed_depth * 4 * i * sum(n * min(n, shape.window_tokens) for n in lens)
     if attention == "dense":
-        attn = shape.depth * 4 * d * t * t
+        attn = full_depth * 4 * i * t * t + windowed
         pool = 2 * d * t * (len(lens) + 1)
     elif attention == "varlen":
-        attn = shape.depth * 4 * d * sum(n * n for n in lens)
+        attn = full_depth * 4 * i * sum(n * n for n in lens) + windowed
         pool = 4 * d * t
     else:
         raise ValueError(f"attention must be 'varlen' or 'dense', got {attention!r}")
+    if shape.merge_tokens:
+        pool = 0
     return {"linear": linear, "attention": attn, "pool": pool, "total": linear + attn + pool}
 
 

@@ -108,9 +108,11 @@ def _ours(onnx: Path, max_pixels: int | None = None) -> tuple[Any, Callable[[Seq
 
 def run_peers(model: str, onnx: Path, onnx_int8: Path | None, n: int = 32, repeats: int = 3, seed: int = 0,
               peers: Sequence[str] = PEERS, log: Callable[[str], None] = print,
-              max_patches: int | None = None, max_pixels: int | None = None) -> dict[str, Any]:
+              max_patches: int | None = None, max_pixels: int | None = None,
+              onnx_mha: Path | None = None) -> dict[str, Any]:
     """The peers' rows and ratios (see the module docstring). Qwen-VL: both sides at ``max_pixels`` (or
-    ``max_patches * patch^2``) instead of the model's own."""
+    ``max_patches * patch^2``) instead of the model's own. ``onnx_mha``: also time the ``ort-mha`` export (row
+    ``navit-deploy ORT fp32 ort-mha``); a precision's target is judged on its fastest row."""
     from navit_deploy.bench.flops import ModelShape, gemm_peak_gflops
     from navit_deploy.model.weights import model_config, model_source
 
@@ -134,6 +136,9 @@ def run_peers(model: str, onnx: Path, onnx_int8: Path | None, n: int = 32, repea
     runners = []
     r32, configs["navit-deploy ORT fp32"], _ = _ours(onnx, max_pixels)
     runners.append(r32)
+    if onnx_mha is not None:
+        rm, configs["navit-deploy ORT fp32 ort-mha"], _ = _ours(onnx_mha, max_pixels)
+        runners.append(rm)
     if onnx_int8 is not None:
         r8, configs["navit-deploy ORT int8"], _ = _ours(onnx_int8, max_pixels)
         runners.append(r8)
@@ -198,9 +203,12 @@ def _report(rounds: dict[str, list[float]], tokens: dict[str, int], outputs: dic
         rows.append(row)
     targets = []
     for precision, goal in goals.items():
-        row = next((r for r in rows if r["config"] == f"navit-deploy ORT {precision}"), None)
-        if row is not None and "vs_baseline" in row:
-            targets.append({"target": f"{precision} >= {goal}x {BASELINE}, end to end from JPEG files",
+        ours = [r for r in rows if r["config"].split(" ")[:3] == ["navit-deploy", "ORT", precision]
+                and "vs_baseline" in r]
+        if ours:
+            row = max(ours, key=lambda r: r["vs_baseline"][0])
+            targets.append({"target": f"{precision} >= {goal}x {BASELINE}, end to end from JPEG files "
+                                      f"({row['config']}, the fastest {precision} row)",
                             "value": f"{row['images_per_s']:.2f} vs {next(r for r in rows if r['config'] == BASELINE)['images_per_s']:.2f} img/s "
                                      f"(paired median {row['vs_baseline'][0]:.2f}x, rounds {row['vs_baseline'][1]:.2f}-"
                                      f"{row['vs_baseline'][2]:.2f}x)", "ratio": row["vs_baseline"][0],

@@ -61,6 +61,7 @@ class BenchConfig:
     onnx: Path | None = None
     onnx_int8: Path | None = None
     onnx_packed: Path | None = None
+    onnx_mha: Path | None = None  # the ort-mha export of the ort-cpu-mha rows (exported on the fly when None)
     engine: Path | None = None
     out: Path | None = None
     workloads: tuple[str, ...] = WORKLOADS
@@ -95,16 +96,19 @@ def _model_config(model: str):
     return model_config(model)
 
 
-def _ensure_onnx(cfg: BenchConfig, workdir: Path, log: Callable[[str], None]) -> Path:
-    if cfg.onnx is not None:
-        return Path(cfg.onnx)
+def _ensure_onnx(cfg: BenchConfig, workdir: Path, log: Callable[[str], None], lowering: str = "dense") -> Path:
+    """The model of the ``lowering`` rows: the one given (``cfg.onnx`` / ``cfg.onnx_mha``), else exported into
+    ``workdir`` once."""
+    given = cfg.onnx if lowering == "dense" else cfg.onnx_mha
+    if given is not None:
+        return Path(given)
     from navit_deploy.export.onnx_export import export_onnx
     from navit_deploy.model.weights import load_model, model_digest
 
-    out = workdir / "navit.dense.onnx"
+    out = workdir / f"navit.{lowering}.onnx"
     if not out.exists():
-        log(f"exporting {cfg.model} (dense lowering) -> {out}")
-        export_onnx(load_model(cfg.model), out, lowering="dense", weights_sha256=model_digest(cfg.model))
+        log(f"exporting {cfg.model} ({lowering} lowering) -> {out}")
+        export_onnx(load_model(cfg.model), out, lowering=lowering, weights_sha256=model_digest(cfg.model))
     return out
 
 
@@ -439,8 +443,10 @@ def _run(cfg: BenchConfig, out_dir: Path | None, workdir: Path, log: Callable[[s
     mcfg = _model_config(cfg.model)
     shape = ModelShape.from_config(mcfg)
     onnx = _ensure_onnx(cfg, workdir, log)
+    want_mha = "ort-cpu-mha" in cfg.backends or bool(cfg.peers)
+    onnx_mha = _ensure_onnx(cfg, workdir, log, "ort-mha") if want_mha else None
     backends, skipped = resolve_backends(list(cfg.backends), cfg.model, onnx, cfg.onnx_int8, cfg.onnx_packed,
-                                         cfg.engine, cfg.threads)
+                                         cfg.engine, cfg.threads, onnx_mha)
     for s in skipped:
         log(f"skipping {s.key}: {s.reason}")
     peak = gemm_peak_gflops()
@@ -537,7 +543,7 @@ def _run(cfg: BenchConfig, out_dir: Path | None, workdir: Path, log: Callable[[s
         from navit_deploy.bench.peers import run_peers
 
         peers = run_peers(cfg.model, onnx, cfg.onnx_int8, cfg.n, cfg.repeats, cfg.seed, cfg.peers, log,
-                          max_patches=cfg.max_patches, max_pixels=_pixel_budget(cfg, base))
+                          max_patches=cfg.max_patches, max_pixels=_pixel_budget(cfg, base), onnx_mha=onnx_mha)
     # The peak is measured again at the end and the best kept: a shared machine rarely gives it twice.
     peak_end = gemm_peak_gflops()
     if peak_end > peak:
@@ -547,7 +553,7 @@ def _run(cfg: BenchConfig, out_dir: Path | None, workdir: Path, log: Callable[[s
             if r.get("model_gflop_per_s") and r["precision"] == "fp32":
                 r["fraction_of_peak"] = round(r["model_gflop_per_s"] / peak, 4)
     report: dict[str, Any] = {
-        "meta": {"model": str(cfg.model), "onnx": str(onnx), "onnx_int8": _s(cfg.onnx_int8),
+        "meta": {"model": str(cfg.model), "onnx": str(onnx), "onnx_mha": _s(onnx_mha), "onnx_int8": _s(cfg.onnx_int8),
                  "machine": platform.platform(), "processor": platform.processor() or platform.machine(),
                  "cpu_count": os.cpu_count(), "python": platform.python_version(),
                  "onnxruntime": _version("onnxruntime"), "torch": _version("torch"),
@@ -633,17 +639,19 @@ def _version(mod: str) -> str | None:
 
 def bench_summary(model: str, onnx_path: str | Path, quick: bool = True, onnx_int8: str | Path | None = None,
                   out: str | Path | None = None, n: int | None = None,
-                  progress: Progress | None = None) -> dict[str, Any]:
+                  progress: Progress | None = None, onnx_mha: str | Path | None = None) -> dict[str, Any]:
     """The short benchmark ``navit deploy`` includes: the mixed workload, packed vs padded vs square vs one
     image at a time (and AnyRes token counts), on PyTorch eager (dense and segment loop) and ONNX Runtime
-    CPU (and INT8 when given), with the targets. ``quick``: 24 images, 1 repeat, no streaming (else 64
+    CPU (dense; ``ort-mha`` and INT8 when given), with the targets. ``quick``: 24 images, 1 repeat, no streaming (else 64
     images, :data:`MIN_ROUNDS_FOR_TIE` interleaved rounds, so that a tie can be told from a loss, and 60
     streamed frames); ``n`` overrides the image count. ``out``: also write
     bench.json/bench.md/plots there. Render with :func:`summary_markdown`."""
     cfg = BenchConfig(model=model, onnx=Path(onnx_path), onnx_int8=Path(onnx_int8) if onnx_int8 else None,
+                      onnx_mha=Path(onnx_mha) if onnx_mha else None,
                       out=Path(out) if out else None, workloads=("mixed",), n=n or (24 if quick else 64),
                       strategies=("packed", "padded", "square", "single", "anyres"),
-                      backends=("ort-cpu", "ort-cpu-int8", "torch-dense", "torch-segment"),
+                      backends=("ort-cpu",) + (("ort-cpu-mha",) if onnx_mha else ())
+                      + ("ort-cpu-int8", "torch-dense", "torch-segment"),
                       repeats=1 if quick else MIN_ROUNDS_FOR_TIE, stream_frames=0 if quick else 60, plots=out is not None,
                       breakdown_images=4)
     report = run_bench(cfg, log=lambda s: None, progress=progress)

@@ -26,7 +26,8 @@ groups, modules, nodes).
 
 The custom attention node of ``trt-plugin`` (``NavitPackedAttention``) becomes FP16 (the plugin's fast
 tensor-core path); keep it in FP32 with ``keep_fp32=[..., "custom"]``. Its numpy reference kernel is
-FP32-only, so CPU validation uses :func:`reference_validation_copy` (casts around the node).
+FP32-only, so CPU validation uses :func:`reference_validation_copy` (casts around the node). The ``ort-mha``
+lowering's per-image ``Loop`` of ``MultiHeadAttention`` stays FP32 (converted as its placeholder, expanded after).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from onnx import helper
 from navit_deploy.calibration.graph import STANDARD_DOMAINS, classify, match_keep
 from navit_deploy.calibration.int8 import ensure_node_names
 from navit_deploy.errors import BackendUnavailableError
+from navit_deploy.export.schemas import register_schemas
+from navit_deploy.export.segment_loop import SEGMENT_OP, contract_segment_attention, expand_segment_attention
 
 DEFAULT_KEEP_FP32 = ("LayerNormalization", "rms-norm")
 FP16_MAX = 1e4  # the converter's clamp for large constants (e.g. the -3.4e38 attention mask fill)
@@ -126,6 +129,13 @@ def convert_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] | None = None)
     infos = classify(model)
     kept = match_keep(infos, keep, known_op_types={"LayerNormalization", "Softmax", "Pow", "ReduceMean", "ReduceSum"})
     # custom nodes run FP16 unless kept: the plugin has FP16 kernels
+    # ort-mha: each Loop of MultiHeadAttention goes back to its placeholder for the conversion, kept in FP32 (casts
+    # at its boundary), and is expanded again after it: the converter does not type a Loop's body consistently.
+    if contract_segment_attention(model):
+        register_schemas()
+        for n in model.graph.node:
+            if n.op_type == SEGMENT_OP:
+                kept[n.name] = "ort-mha attention (a Loop of MultiHeadAttention) in FP32"
     blocked = set(kept)
     _split_shared_initializers(model, blocked)
     _detach_graph_outputs(model)
@@ -135,6 +145,7 @@ def convert_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] | None = None)
                                                keep_io_types=True, op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST),
                                                node_block_list=sorted(blocked))
     _fix_casts(out, blocked)
+    expand_segment_attention(out)
     default_blocked = set(float16.DEFAULT_OP_BLOCK_LIST)
     types = {vi.name: vi.type.tensor_type.elem_type for vi in list(out.graph.value_info) + list(out.graph.input)}
     for n in out.graph.node:

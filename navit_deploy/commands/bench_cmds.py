@@ -31,6 +31,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="builtin", help="'builtin' or a model directory (PyTorch rows, FLOP counts)")
     p.add_argument("--onnx", default=None, help="dense-lowering ONNX export (default: exported into OUT)")
     p.add_argument("--onnx-int8", default=None, help="an INT8 ONNX model for the ONNX Runtime CPU INT8 rows")
+    p.add_argument("--onnx-mha", default=None, help="an ort-mha export for the ONNX Runtime CPU ort-mha rows and peers "
+                   "(default: exported into OUT)")
     p.add_argument("--onnx-packed", default=None, help="an ort-packed export for ONNX Runtime CUDA")
     p.add_argument("--engine", default=None, help="a TensorRT engine")
     p.add_argument("--out", default="bench_out", help="output directory (default: bench_out)")
@@ -96,7 +98,7 @@ def config_from_args(args: argparse.Namespace):
         n, repeats, frames = min(n, 8), 1, min(frames, 15)
     opt = lambda v: Path(v) if v else None
     return BenchConfig(model=args.model, onnx=opt(args.onnx), onnx_int8=opt(args.onnx_int8),
-                       onnx_packed=opt(args.onnx_packed), engine=opt(args.engine), out=Path(args.out),
+                       onnx_packed=opt(args.onnx_packed), onnx_mha=opt(args.onnx_mha), engine=opt(args.engine), out=Path(args.out),
                        workloads=tuple(args.workloads), images=args.images, max_patches=args.max_patches, max_pixels=args.max_pixels,
                        upscale=args.upscale, n=n, strategies=tuple(args.strategies), backends=tuple(args.backends),
                        repeats=repeats, warmup=args.warmup, threads=args.threads, workers=args.workers,

@@ -64,9 +64,12 @@ def check_lowering(lowering: str, trt_version: str | None = None) -> bool:
     ``trt_version=None`` checks only what does not depend on the TensorRT version (before TensorRT is imported).
     """
     low = get_lowering(lowering)
-    if low.name == "ort-packed":
-        raise ConfigError("this model uses the 'ort-packed' attention lowering (com.microsoft.PackedMultiHeadAttention), "
-                          "which only ONNX Runtime's CUDA provider runs; TensorRT cannot build it. Export with "
+    if low.name in ("ort-packed", "ort-mha"):
+        node, runs = (("com.microsoft.PackedMultiHeadAttention", "only ONNX Runtime's CUDA provider runs")
+                      if low.name == "ort-packed" else
+                      ("a Loop of com.microsoft.MultiHeadAttention", "only ONNX Runtime's CPU and CUDA providers run"))
+        raise ConfigError(f"this model uses the '{low.name}' attention lowering ({node}), "
+                          f"which {runs}; TensorRT cannot build it. Export with "
                           "`navit export --attention trt-plugin` (our plugin, TensorRT 10/11), `--attention dense` (no "
                           "plugin) or `--attention trt-native` (TensorRT >= 11.1)")
     if low.name == "trt-native" and trt_version is not None and major_minor(trt_version) < TRT_NATIVE_MIN_VERSION:

@@ -15,6 +15,8 @@ from navit_deploy.compile.plugin_lib import PLUGIN_NAME as PLUGIN_OP
 from navit_deploy.compile.plugin_lib import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from navit_deploy.errors import ConfigError
 
+from navit_deploy.export.segment_loop import SEGMENT_DOMAIN
+
 TRT_DOMAIN = "trt"
 MS_DOMAIN = "com.microsoft"
 
@@ -41,6 +43,10 @@ LOWERINGS: dict[str, Lowering] = {
     "ort-packed": Lowering("ort-packed", "com.microsoft.PackedMultiHeadAttention (ONNX Runtime CUDA provider only)",
                            "packed-op", (MS_DOMAIN, "PackedMultiHeadAttention"), ("cuda",), "not for TensorRT",
                            {MS_DOMAIN: 1}),
+    "ort-mha": Lowering("ort-mha", "a Loop over the pack's images (windows in windowed blocks), each one "
+                        "com.microsoft.MultiHeadAttention at its own length (ONNX Runtime CPU and CUDA, fused kernels)",
+                        "packed-op", (MS_DOMAIN, "MultiHeadAttention"), ("cpu", "cuda"), "not for TensorRT",
+                        {SEGMENT_DOMAIN: 1}),
     "trt-native": Lowering("trt-native", "TensorRT 11 TRT_Attention with packed_nhd Q/K/V and INT32 cumulative lengths",
                            "packed-op", (TRT_DOMAIN, "TRT_Attention"), (), "TensorRT >= 11.1 (native IAttention)",
                            {TRT_DOMAIN: 1}),
@@ -65,5 +71,6 @@ def translation_table(lowering: Lowering, num_heads: int, head_dim: int) -> dict
     from navit_deploy.export import onnx_translations as tr
 
     fn = {"trt-plugin": tr.plugin_translation, "ort-packed": tr.ort_packed_translation,
+          "ort-mha": tr.ort_mha_translation,
           "trt-native": tr.trt_native_translation}[lowering.name]
     return {torch.ops.navit.packed_attention.default: fn(num_heads, head_dim)}

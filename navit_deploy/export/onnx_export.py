@@ -16,6 +16,7 @@ from navit_deploy.compile.plugin_lib import SUPPORTED_HEAD_DIMS
 from navit_deploy.errors import ArtifactMismatchError, ConfigError
 from navit_deploy.export import ops  # noqa: F401  (registers navit::packed_attention and the packed-op impl)
 from navit_deploy.export.lowerings import get_lowering, translation_table
+from navit_deploy.export.segment_loop import expand_segment_attention
 from navit_deploy.frontend import grid_coords
 from navit_deploy.model.navit import NaViT
 from navit_deploy.packing import build_pack
@@ -123,6 +124,8 @@ def _finalize(proto: onnx.ModelProto, lowering: str) -> None:
     for vi in proto.graph.output:
         dim = vi.type.tensor_type.shape.dim[0]
         dim.dim_param = "blocks" if vi.name == "tokens" else "images"
+    if lowering == "ort-mha":
+        expand_segment_attention(proto)
     if lowering == "trt-native":
         # TensorRT requires query_lengths and kv_lengths to be different tensors.
         for i, node in enumerate(list(proto.graph.node)):

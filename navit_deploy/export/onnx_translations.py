@@ -10,10 +10,12 @@ from onnxscript.values import Op, Opset
 from navit_deploy.export.lowerings import (MS_DOMAIN, PLUGIN_DOMAIN, PLUGIN_NAMESPACE, PLUGIN_OP, PLUGIN_VERSION,
                                            TRT_DOMAIN)
 from navit_deploy.export.schemas import register_schemas
+from navit_deploy.export.segment_loop import SEGMENT_DOMAIN, SEGMENT_OP
 
 register_schemas()
 _plugin_op = Op(Opset(PLUGIN_DOMAIN, 1), PLUGIN_OP)
 _packed_mha = Op(Opset(MS_DOMAIN, 1), "PackedMultiHeadAttention")
+_segment_attention = Op(Opset(SEGMENT_DOMAIN, 1), SEGMENT_OP)
 _trt_attention = Op(Opset(TRT_DOMAIN, 1), "TRT_Attention")
 _BIG = 2**62
 
@@ -55,6 +57,16 @@ def ort_packed_translation(num_heads: int, head_dim: int) -> Callable[..., Any]:
         pad_rows = op.Sub(op.Shape(q, start=0, end=1), total)
         pads = op.Concat(zero, zero, pad_rows, zero, axis=0)
         return op.Pad(out, pads)
+
+    return translate
+
+
+def ort_mha_translation(num_heads: int, head_dim: int) -> Callable[..., Any]:
+    """A ``SegmentAttention`` placeholder per layer, rewritten after export into a ``Loop`` that runs
+    ``com.microsoft.MultiHeadAttention`` once per segment (see :mod:`navit_deploy.export.segment_loop`)."""
+
+    def translate(q, k, v, cu_seqlens, num_heads_: int, scale: float):  # noqa: ANN001, ANN202
+        return _segment_attention(q, k, v, cu_seqlens, num_heads=num_heads, scale=float(scale))
 
     return translate
 

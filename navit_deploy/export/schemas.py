@@ -2,7 +2,7 @@
 
 Registration lets the exporter build the nodes and the ONNX checker validate their inputs and attributes.
 The schemas state exactly the node forms documented in plugins/packed_attention/README.md, ONNX
-Runtime's contrib-op documentation (PackedMultiHeadAttention) and TensorRT's custom-op schemas
+Runtime's contrib-op documentation (PackedMultiHeadAttention), the ort-mha lowering's placeholder and TensorRT's custom-op schemas
 (TRT_Attention).
 """
 
@@ -12,6 +12,7 @@ import onnx
 from onnx.defs import OpSchema
 
 from navit_deploy.export.lowerings import MS_DOMAIN, PLUGIN_DOMAIN, PLUGIN_OP, TRT_DOMAIN
+from navit_deploy.export.segment_loop import SEGMENT_DOMAIN, SEGMENT_OP
 
 _F = ["tensor(float)", "tensor(float16)"]
 _A = OpSchema.AttrType
@@ -40,6 +41,12 @@ SCHEMAS = [
              attributes=[OpSchema.Attribute("num_heads", _A.INT, "", required=True),
                          OpSchema.Attribute("scale", _A.FLOAT, "", required=False),
                          OpSchema.Attribute("mask_filter_value", _A.FLOAT, "", required=False)]),
+    OpSchema(SEGMENT_OP, SEGMENT_DOMAIN, 1, doc="Placeholder of the ort-mha lowering, replaced after export by a "
+             "Loop of com.microsoft.MultiHeadAttention (navit_deploy.export.segment_loop).",
+             inputs=[_param("q", "T"), _param("k", "T"), _param("v", "T"), _param("cu_seqlens", "tensor(int32)")],
+             outputs=[_param("out", "T")], type_constraints=[("T", _F, "")],
+             attributes=[OpSchema.Attribute("num_heads", _A.INT, "", required=True),
+                         OpSchema.Attribute("scale", _A.FLOAT, "", required=False)]),
     OpSchema("TRT_Attention", TRT_DOMAIN, 1, doc="TensorRT 11 native attention (IAttention).",
              inputs=[_param("Q", "T"), _param("K", "T"), _param("V", "T"), _param("attn_mask", "M", True),
                      _param("query_lengths", "tensor(int32)", True), _param("kv_lengths", "tensor(int32)", True)],

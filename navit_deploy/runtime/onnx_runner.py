@@ -25,7 +25,7 @@ CUSTOM_DOMAINS = {"trt-plugin": "navit", "trt-native": "trt", "ort-packed": "com
 
 def native_providers(lowering: str) -> tuple[str, ...]:
     """Providers that run a lowering with real kernels."""
-    return {"dense": ("cpu", "cuda"), "ort-packed": ("cuda",)}.get(lowering, ())
+    return {"dense": ("cpu", "cuda"), "ort-mha": ("cpu", "cuda"), "ort-packed": ("cuda",)}.get(lowering, ())
 
 
 def usable_cpus() -> int:
@@ -139,7 +139,7 @@ class OnnxRunner(Runner):
         if hashlib.sha256(data).hexdigest() != self.model_sha256:
             raise ArtifactMismatchError(f"{self.path} changed on disk since this runner opened it (sha256 "
                                         f"{self.model_sha256[:12]}...): open a new runner for the new file")
-        if not self.reference_ops or self.artifact.lowering == "dense":
+        if not self.reference_ops or self.provider in native_providers(self.artifact.lowering):
             return data
         import onnx
 

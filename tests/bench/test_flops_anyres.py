@@ -88,3 +88,36 @@ def test_attention_waste_and_recommendation(rng):
         assert rec.pack_len >= budget and rec.bucket == 1
         assert recommended_packing(budget, "trt-plugin").pack_len >= rec.pack_len
     assert recommended_packing(256, "dense", "tensorrt").bucket > 1
+
+
+@pytest.mark.parametrize("kind", ["qwen2_5_vl", "qwen2_vl"])
+def test_flop_shape_of_a_vlm_tower_matches_the_model(kind):
+    """Gated MLPs (three matrices), the merger instead of a pooling head, and windowed blocks attending within
+    64-token windows: the count is every Linear weight applied per token, and windows cut the attention."""
+    torch = pytest.importorskip("torch")  # noqa: F841
+    from navit_deploy.frontend.config import FrontendConfig
+    from navit_deploy.importers.hf_qwen_vl import navit_config
+    from navit_deploy.model.navit import NaViT
+
+    vision = dict(depth=4, hidden_size=64, intermediate_size=96, num_heads=2, out_hidden_size=96,
+                  fullatt_block_indexes=[1, 3], window_size=112, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, embed_dim=64, mlp_ratio=2, in_channels=3, hidden_act="silu")
+    if kind == "qwen2_vl":
+        vision.update(hidden_size=96, hidden_act="quick_gelu")
+    fe = FrontendConfig(patch_size=14, channels=3, budget="pixels", min_pixels=3136, max_pixels=125440,
+                        temporal_patch_size=2, merge_size=2)
+    net = NaViT(navit_config({"model_type": kind, "vision_config": vision}, fe))
+    shape = ModelShape.from_config(net.config)
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    merger = [m for m in net.merger.modules() if isinstance(m, torch.nn.Linear)]
+    per_token = sum(m.weight.numel() for m in linears if not any(m is x for x in merger)) \
+        + sum(m.weight.numel() for m in merger) // 4  # the merger runs once per 4 tokens
+    assert (shape.weights_per_token, shape.weights_per_image) == (per_token, 0)
+    lens = [40, 200]
+    flops = model_flops(shape, lens)
+    windowed = 2 if kind == "qwen2_5_vl" else 0
+    full = 4 - windowed
+    assert flops["pool"] == 0
+    assert flops["attention"] == 4 * 64 * (full * sum(n * n for n in lens) + windowed * sum(n * min(n, 64) for n in lens))
+    assert model_flops(shape, lens, 240, "dense")["attention"] == 4 * 64 * (full * 240 ** 2
+                                                                           + windowed * (40 * 40 + 200 * 64))

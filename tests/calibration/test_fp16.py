@@ -15,7 +15,7 @@ from navit_deploy.runtime.open import pipeline_for
 from tests.calibration.conftest import confident_agreement, cosines
 
 F32, F16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
-LOWERINGS = ["dense", "trt-plugin"]
+LOWERINGS = ["dense", "trt-plugin", "ort-mha"]
 
 
 def _types(model) -> dict[str, int]:

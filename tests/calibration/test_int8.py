@@ -20,7 +20,7 @@ from navit_deploy.runtime.onnx_runner import OnnxRunner
 from navit_deploy.runtime.open import pipeline_for
 from tests.calibration.conftest import CALIB_IMAGES, confident_agreement, consumers, cosines, producers
 
-LOWERINGS = ["dense", "trt-plugin"]
+LOWERINGS = ["dense", "trt-plugin", "ort-mha"]
 
 
 def _dq_fed(model, node) -> list[bool]:

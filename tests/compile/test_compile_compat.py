@@ -34,6 +34,8 @@ def test_lowerings():
         check_lowering("trt-native", "10.16.0.1")
     with pytest.raises(ConfigError, match="ort-packed.*TensorRT cannot build it.*--attention trt-plugin"):
         check_lowering("ort-packed")
+    with pytest.raises(ConfigError, match="ort-mha.*MultiHeadAttention.*TensorRT cannot build it.*--attention dense"):
+        check_lowering("ort-mha")
     with pytest.raises(ConfigError, match="unknown attention lowering"):
         check_lowering("flash")
 

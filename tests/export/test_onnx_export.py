@@ -105,6 +105,39 @@ def test_ort_packed_node_form(exported):
     assert {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["num_heads"] == 2
 
 
+def test_ort_mha_node_form(exported):
+    """One Loop per layer over the pack's segments, each step one unmasked MultiHeadAttention at the model's heads
+    and scale; no placeholder or its domain left; contracting and expanding again gives the same outputs."""
+    from navit_deploy.export.segment_loop import SEGMENT_DOMAIN, contract_segment_attention, expand_segment_attention
+
+    model = onnx.load(str(exported("ort-mha")))
+    loops = [n for n in model.graph.node if n.op_type == "Loop"]
+    assert len(loops) == 2
+    for loop in loops:
+        body = loop.attribute[0].g
+        mha = [n for n in body.node if n.op_type == "MultiHeadAttention"]
+        assert len(mha) == 1 and mha[0].domain == "com.microsoft" and len(mha[0].input) == 3  # no mask, no bias
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in mha[0].attribute}
+        assert attrs == {"num_heads": 2, "scale": pytest.approx(0.125)}
+    assert not [n for n in model.graph.node if n.domain == SEGMENT_DOMAIN]
+    assert {o.domain for o in model.opset_import} >= {"com.microsoft"}
+    assert SEGMENT_DOMAIN not in {o.domain for o in model.opset_import}
+
+    rng = np.random.default_rng(3)
+    items = [fake_image(rng, h, w) for h, w in PACKS["very_different_sizes"]]
+    feed = build_pack(items, list(range(len(items))), pack_len=200).model_inputs()
+    import onnxruntime as ort
+
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    before = run(model)
+    assert contract_segment_attention(model) == 2
+    assert [n.op_type for n in model.graph.node].count("SegmentAttention") == 2 and not any(
+        n.op_type == "Loop" for n in model.graph.node)
+    assert expand_segment_attention(model) == 2
+    for a, b in zip(before, run(model)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_trt_native_node_form(exported):
     nodes = _custom_nodes(exported("trt-native"), "TRT_Attention")
     assert len(nodes) == 2 and nodes[0].domain == "trt"

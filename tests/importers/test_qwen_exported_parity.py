@@ -18,7 +18,7 @@ from tests.importers.test_hf_qwen_vl import _images, max_abs, reference_pixels, 
 torch = pytest.importorskip("torch")
 
 CASES = [(name, low) for name in ("2.5", "2", "2.5-hd80") for low in LOWERINGS
-         if name == "2.5" or low in ("dense", "ort-packed", "trt-plugin")]
+         if name == "2.5" or low in ("dense", "ort-mha", "ort-packed", "trt-plugin")]
 
 
 def _export(path, lowering, out):
@@ -204,15 +204,19 @@ def test_cli_export_infer_and_quantize_on_a_qwen_dir(qwen_dirs, files, tmp_path,
     assert "pooled embedding" in capsys.readouterr().err
 
 
-def test_bench_peers_time_transformers_on_the_same_files(dense):
+def test_bench_peers_time_transformers_on_the_same_files(dense, tmp_path):
     from navit_deploy.bench.peers import peers_markdown, run_peers
 
     path, _, onnx_path = dense
-    rep = run_peers(str(path), onnx_path, None, n=3, repeats=1, log=lambda s: None, max_patches=256)
+    mha = _export(path, "ort-mha", tmp_path / "m.ort-mha.onnx")
+    rep = run_peers(str(path), onnx_path, None, n=3, repeats=1, log=lambda s: None, max_patches=256, onnx_mha=mha)
     rows = {r["config"]: r for r in rep["rows"]}
-    assert set(rows) == {"navit-deploy ORT fp32", "transformers sdpa b8", "transformers sdpa b32",
-                         "transformers eager b8"}
-    assert rows["navit-deploy ORT fp32"]["max_abs_vs_baseline"] <= 1e-4  # equal outputs, per image
+    assert set(rows) == {"navit-deploy ORT fp32", "navit-deploy ORT fp32 ort-mha", "transformers sdpa b8",
+                         "transformers sdpa b32", "transformers eager b8"}
+    for ours in ("navit-deploy ORT fp32", "navit-deploy ORT fp32 ort-mha"):
+        assert rows[ours]["max_abs_vs_baseline"] <= 1e-4  # equal outputs, per image
+    fastest = max(("navit-deploy ORT fp32", "navit-deploy ORT fp32 ort-mha"), key=lambda k: rows[k]["vs_baseline"][0])
+    assert f"({fastest}, the fastest fp32 row)" in rep["targets"][0]["target"]
     assert rep["frontend"]["max_pixels"] == 256 * 14 * 14
     assert [t["target"].split(" ")[:3] for t in rep["targets"]] == [["fp32", ">=", "1.5x"]]
     assert "navit-deploy ORT fp32" in peers_markdown(rep)
