@@ -1,11 +1,15 @@
-"""Attention's share of a dense export's model time, from ONNX Runtime's own profile, and what window slots save.
+"""Attention's share of a tower's model time, from ONNX Runtime's own profile: window slots, a mask over the pack,
+and the ``ort-mha`` lowering.
 
 A windowed VLM tower (Qwen2.5-VL) exported with the dense lowering computes its windowed blocks either in
 fixed slots (the default: ``[W, H, 64, 64]`` scores) or with a mask over the whole pack (``[H, T, T]``, what a
 dense-mask deployment does). This runs the same packs through both exports with ORT profiling on and sums
 node time by kind: *attention* is every MatMul whose two inputs are activations (scores and their product
 with V) plus Softmax and the elementwise ops between them (the mask's bias added to the scores); the rest is
-the linear layers, norms, rotary embedding, the gathers into and out of the slots, and the merger. Run: ``python -m navit_deploy.bench.attention_share --model DIR``.
+the linear layers, norms, rotary embedding, the gathers into and out of the slots, and the merger. The
+``ort-mha`` export (every block's attention a ``Loop`` of ``MultiHeadAttention`` over images or windows) counts
+each expanded group as attention, its ``Loop`` once (the body's own profile events are not added again). Run:
+``python -m navit_deploy.bench.attention_share --model DIR``.
 """
 
 from __future__ import annotations
@@ -24,11 +28,16 @@ ATTENTION_OPS = ("Softmax",)
 SCORE_SIDE_OPS = ("Add", "Mul", "Where", "Softmax", "Sub", "Exp", "Div", "ReduceMax", "ReduceSum")
 
 
-def _attention_nodes(path: Path) -> set[str]:
-    """Names of the nodes counted as attention (see the module docstring)."""
+def _attention_nodes(path: Path) -> tuple[set[str], set[str]]:
+    """Names of the nodes counted as attention (see the module docstring), and those of ``Loop`` bodies (their
+    time is inside their ``Loop``'s)."""
     import onnx
 
+    from navit_deploy.export.segment_loop import is_segment_attention
+
     model = onnx.load(str(path))
+    inner = {b.name for n in model.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH
+             for b in a.g.node}
     consts = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
                                                           for o in n.output}
     names: set[str] = set()
@@ -39,14 +48,16 @@ def _attention_nodes(path: Path) -> set[str]:
             names.add(n.name)
             if not (act_matmul and any(i in scores for i in n.input)):  # probs @ V ends the score side
                 scores.update(n.output)
-    return names
+        elif is_segment_attention(n):
+            names.add(n.name)
+    return names, inner
 
 
 def profile_share(path: Path, feeds: Sequence[dict[str, np.ndarray]], threads: int | None = None) -> dict[str, float]:
     """Model seconds and attention's share of node time for ``feeds`` run through the export at ``path``."""
     import onnxruntime as ort
 
-    attn = _attention_nodes(path)
+    attn, inner = _attention_nodes(path)
     opts = ort.SessionOptions()
     opts.enable_profiling = True
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -67,6 +78,8 @@ def profile_share(path: Path, feeds: Sequence[dict[str, np.ndarray]], threads: i
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
             continue
         node = e["name"][: -len("_kernel_time")]
+        if node in inner:
+            continue
         total += e["dur"]
         # ORT's fused or renamed nodes keep the original name as a prefix
         if node in attn or any(node.startswith(a) for a in attn if a):
@@ -76,7 +89,8 @@ def profile_share(path: Path, feeds: Sequence[dict[str, np.ndarray]], threads: i
 
 def measure(model: str, n: int = 8, max_pixels: int = 1024 * 1024, seed: int = 0, threads: int | None = None,
             log=print) -> dict[str, Any]:
-    """Window slots against a mask over the whole pack on the mixed workload at ``max_pixels``, same packs."""
+    """Window slots against a mask over the whole pack and the ``ort-mha`` lowering, on the mixed workload at
+    ``max_pixels``, same packs (the dense lowering's packing)."""
     from navit_deploy.bench.peers import workload_files
     from navit_deploy.export.onnx_export import export_onnx
     from navit_deploy.frontend import prepare_image
@@ -95,13 +109,16 @@ def measure(model: str, n: int = 8, max_pixels: int = 1024 * 1024, seed: int = 0
         feeds = [p.model_inputs() for p in packer.pack(items)]
         out: dict[str, Any] = {"images": n, "max_pixels": max_pixels, "packs": len(feeds),
                                "tokens_per_image": float(np.mean([i.num_tokens for i in items]))}
-        for name, slots in (("window slots", True), ("mask over the pack", False)):
-            path = Path(tmp) / f"{'slots' if slots else 'mask'}.onnx"
-            export_onnx(net, path, lowering="dense", window_slots=slots)
+        for name, lowering, slots in (("window slots", "dense", True), ("mask over the pack", "dense", False),
+                                      ("ort-mha", "ort-mha", True)):
+            path = Path(tmp) / f"{name.replace(' ', '_')}.onnx"
+            export_onnx(net, path, lowering=lowering, window_slots=slots)
             out[name] = profile_share(path, feeds, threads)
             log(f"{name:<20} model {out[name]['model_s']:.2f} s, attention {out[name]['attention_share']:.0%}")
     out["speedup"] = out["mask over the pack"]["model_s"] / out["window slots"]["model_s"]
-    log(f"window slots: {out['speedup']:.2f}x the model speed of a mask over the whole pack")
+    out["ort_mha_speedup"] = out["window slots"]["model_s"] / out["ort-mha"]["model_s"]
+    log(f"window slots: {out['speedup']:.2f}x the model speed of a mask over the whole pack; ort-mha "
+        f"{out['ort_mha_speedup']:.2f}x the window slots'")
     return out
 
 

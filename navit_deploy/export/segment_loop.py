@@ -10,7 +10,7 @@ replaces each with::
 
 so every segment (an image, or a window of a windowed block) is computed at its own length with ONNX Runtime's
 fused kernel (CPU and CUDA providers): no ``T x T`` mask over the pack, and no padding of short segments to the
-longest one. Measured on 2 CPU cores, 4 heads of 80 (``docs/ort-mha.md``): one 3,038-token image 34 ms against
+longest one. Measured on 2 CPU cores, 4 heads of 80 (README, "Attention lowerings"): one 3,038-token image 34 ms against
 55 ms for the dense lowering's masked ops; four images of 1,500-238 tokens 12 ms against 48 ms. A step costs
 about 40 us of its own, which is what a pack of many thumbnails pays.
 """

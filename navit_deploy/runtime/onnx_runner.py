@@ -1,7 +1,7 @@
 """ONNX Runtime runner (CPU and CUDA providers). Torch-free.
 
 Lowerings with custom nodes that no CPU provider implements (``trt-plugin``, ``trt-native``, and
-``ort-packed`` off CUDA) can be run with ``reference_ops=True``: the nodes are re-homed to the
+``ort-packed`` off CUDA; ``dense`` and ``ort-mha`` run natively on CPU and CUDA) can be run with ``reference_ops=True``: the nodes are re-homed to the
 onnxruntime-extensions domain and computed by :mod:`navit_deploy.runtime.reference_ops`. That checks the
 graph around them on any machine; it is a validation mode, not a deployment path.
 """
@@ -139,7 +139,7 @@ class OnnxRunner(Runner):
         if hashlib.sha256(data).hexdigest() != self.model_sha256:
             raise ArtifactMismatchError(f"{self.path} changed on disk since this runner opened it (sha256 "
                                         f"{self.model_sha256[:12]}...): open a new runner for the new file")
-        if not self.reference_ops or self.provider in native_providers(self.artifact.lowering):
+        if not self._rehomed():
             return data
         import onnx
 
@@ -148,6 +148,10 @@ class OnnxRunner(Runner):
         model = onnx.load_from_string(data)
         rehome_custom_nodes(model, CUSTOM_DOMAINS[self.artifact.lowering])
         return model.SerializeToString()
+
+    def _rehomed(self) -> bool:
+        """Custom nodes run with the reference kernels: asked for, and the provider has no kernel of its own."""
+        return self.reference_ops and self.provider not in native_providers(self.artifact.lowering)
 
     def _activate(self) -> None:
         ort = self._ort
@@ -159,7 +163,7 @@ class OnnxRunner(Runner):
         if self.threads:
             opts.intra_op_num_threads = self.threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
-        if self.reference_ops and self.artifact.lowering != "dense":
+        if self._rehomed():
             from onnxruntime_extensions import get_library_path
 
             from navit_deploy.runtime.reference_ops import register_ort_reference_ops

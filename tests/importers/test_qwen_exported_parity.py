@@ -167,7 +167,8 @@ def test_cli_parity_on_a_qwen_dir(qwen_dirs, files, tmp_path, capsys):
     assert out["passed"]
 
 
-def test_attention_share_profiles_both_dense_forms(qwen_dirs, pixels, tmp_path):
+@pytest.mark.parametrize("lowering,slots", [("dense", True), ("dense", False), ("ort-mha", True)])
+def test_attention_share_profiles_each_form(qwen_dirs, pixels, tmp_path, lowering, slots):
     from navit_deploy.bench.attention_share import _attention_nodes, profile_share
     from navit_deploy.export.onnx_export import export_onnx
     from navit_deploy.packing import WindowSpec, build_pack
@@ -175,11 +176,12 @@ def test_attention_share_profiles_both_dense_forms(qwen_dirs, pixels, tmp_path):
     path, _ = qwen_dirs["2.5"]
     _, items = pixels
     pack = build_pack(items, list(range(len(items))), windows=WindowSpec(2, 4))
-    for slots in (True, False):
-        out = export_onnx(load_model(path), tmp_path / f"m{slots}.onnx", window_slots=slots).path
-        assert len(_attention_nodes(out)) >= 2 * 4  # scores and probs @ V in every block
-        share = profile_share(out, [pack.model_inputs()])["attention_share"]
-        assert 0.0 < share < 1.0
+    out = export_onnx(load_model(path), tmp_path / "m.onnx", lowering=lowering, window_slots=slots).path
+    attn, inner = _attention_nodes(out)
+    assert len(attn) >= 2 * 4  # scores and probs @ V in every block; every Loop group's nodes for ort-mha
+    assert bool(inner) == (lowering == "ort-mha") and not attn & inner
+    share = profile_share(out, [pack.model_inputs()])["attention_share"]
+    assert 0.0 < share < 1.0
 
 
 def test_cli_export_infer_and_quantize_on_a_qwen_dir(qwen_dirs, files, tmp_path, capsys):
