@@ -252,6 +252,24 @@ def test_bench_summary_for_deploy(tiny_model_dir, exported):
     s = bench_summary(str(tiny_model_dir), exported("dense"), quick=True, n=3)
     assert s["workload"].startswith("mixed")
     assert {r["backend_key"] for r in s["rows"]} == {"ort-cpu", "torch-dense", "torch-segment"}
+    with_mha = bench_summary(str(tiny_model_dir), exported("dense"), quick=True, n=3, onnx_mha=exported("ort-mha"))
+    mha = [r for r in with_mha["rows"] if r["backend_key"] == "ort-cpu-mha"]
+    assert mha and {r["lowering"] for r in mha} == {"ort-mha"} and all(r["attention_waste"] == 1.0 for r in mha)
     assert all("ms_per_image" in r and "padding_fraction" in r for r in s["rows"])
     md = summary_markdown(s)
     assert md.startswith("## Benchmark") and "| packed |" in md
+
+
+def test_ort_mha_rows_run_the_ort_mha_export(tiny_model_dir, exported, tmp_path):
+    """``ort-cpu-mha`` rows: the given ort-mha export, or one exported into OUT; without one the backend is skipped."""
+    from navit_deploy.bench.backends import resolve_backends
+
+    cfg = BenchConfig(model=str(tiny_model_dir), onnx=exported("dense"), out=tmp_path, workloads=("thumbnails",),
+                      n=3, repeats=1, warmup=0, strategies=("packed",), backends=("ort-cpu", "ort-cpu-mha"),
+                      stream_frames=0, plots=False)
+    rep = run_bench(cfg, log=lambda s: None)
+    rows = {r["backend_key"]: r for r in rep["rows"]}
+    assert rows["ort-cpu-mha"]["lowering"] == "ort-mha" and rows["ort-cpu"]["lowering"] == "dense"
+    assert (tmp_path / "navit.ort-mha.onnx").is_file() and rep["meta"]["onnx_mha"].endswith("navit.ort-mha.onnx")
+    got, skipped = resolve_backends(["ort-cpu-mha"], str(tiny_model_dir), exported("dense"))
+    assert not got and "no ort-mha export given" in skipped[0].reason
