@@ -56,7 +56,7 @@ def _loop_nodes(node: onnx.NodeProto, tag: str) -> list[onnx.NodeProto]:
         helper.make_node("Identity", [n("cond_in")], [n("cond_out")]),
     ]
     graph = helper.make_graph(
-        _named(body, tag), n("body"),
+        _named(body, f"{tag}/body"), n("body"),
         [helper.make_tensor_value_info(n("i"), TensorProto.INT64, []),
          helper.make_tensor_value_info(n("cond_in"), TensorProto.BOOL, []),
          onnx.ValueInfoProto(name=n("seq_in"))],
