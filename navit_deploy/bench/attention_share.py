@@ -28,7 +28,7 @@ def _attention_nodes(path: Path) -> set[str]:
     """Names of the nodes counted as attention (see the module docstring)."""
     import onnx
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # names only: the weights can stay on disk
     consts = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"
                                                           for o in n.output}
     names: set[str] = set()

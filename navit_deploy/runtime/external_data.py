@@ -44,14 +44,17 @@ def initializer_bytes(model: Any) -> int:
     return total
 
 
-def needs_external_data(model: Any, threshold: int = EXTERNAL_DATA_THRESHOLD) -> bool:
-    return initializer_bytes(model) > threshold
+def needs_external_data(model: Any, threshold: int | None = None) -> bool:
+    """Whether ``model``'s tensors exceed ``threshold`` bytes (None: :data:`EXTERNAL_DATA_THRESHOLD`, read at call
+    time, so the intermediate files of quantization follow it too)."""
+    return initializer_bytes(model) > (EXTERNAL_DATA_THRESHOLD if threshold is None else threshold)
 
 
-def save_onnx(model: Any, path: str | os.PathLike[str], threshold: int = EXTERNAL_DATA_THRESHOLD,
+def save_onnx(model: Any, path: str | os.PathLike[str], threshold: int | None = None,
               location: str | None = None) -> str | None:
-    """Save ``model`` at ``path``; above ``threshold`` initializer bytes, its tensors go to ONE data file beside it
-    (``location``, default ``<path name>.data``). Returns the data file name, or None for a self-contained file.
+    """Save ``model`` at ``path``; above ``threshold`` initializer bytes (see :func:`needs_external_data`), its
+    tensors go to ONE data file beside it (``location``, default ``<path name>.data``). Returns the data file
+    name, or None for a self-contained file.
 
     With external data the tensors in ``model`` are left pointing at the file (their bytes are no longer in the
     proto): save a copy if the proto is needed afterwards."""
@@ -120,6 +123,23 @@ def check_required(required: dict[Path, int], model_path: str | os.PathLike[str]
                                         f"copy? Copy {p.name} beside {name} again, or re-export")
         out.append(DataFile(p, needed, st.st_size, st.st_mtime_ns))
     return tuple(out)
+
+
+def files_sha256(model_path: str | os.PathLike[str]) -> str:
+    """sha256 of a model file, or for a model with external data, of its graph's and data files' hashes (reads
+    every byte: for caches keyed on the weights, not for every activation)."""
+    import hashlib
+
+    from navit_deploy.runtime.artifact import sha256_file
+
+    graph = sha256_file(model_path)
+    files = data_files_of(model_path)
+    if not files:
+        return graph
+    h = hashlib.sha256(graph.encode())
+    for df in files:
+        h.update(f"{df.path.name}:{sha256_file(df.path)}".encode())
+    return h.hexdigest()
 
 
 def data_files_of(model_path: str | os.PathLike[str]) -> tuple[DataFile, ...]:
