@@ -88,14 +88,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     digest = model_digest(args.model)
-    from navit_deploy.runtime.external_data import ARTIFACT_KEY, EXTERNAL_DATA_THRESHOLD
+    from navit_deploy.runtime.external_data import ARTIFACT_KEY, EXTERNAL_DATA_THRESHOLD, files_size
 
     threshold = EXTERNAL_DATA_THRESHOLD if args.external_data_threshold is None else args.external_data_threshold
     res = export_onnx(model, args.out, lowering=args.attention, weights_sha256=digest, pack_len=args.pack_len,
                       max_images=args.max_images, opset=args.opset, external_data_threshold=threshold)
     data = res.artifact.extra.get(ARTIFACT_KEY)
-    size = res.path.stat().st_size + (res.path.with_name(data).stat().st_size if data else 0)
-    print(f"exported {args.model} -> {res.path} ({args.attention}, {size / 1e6:.1f} MB, {res.seconds:.1f} s); "
+    print(f"exported {args.model} -> {res.path} ({args.attention}, {files_size(res.path) / 1e6:.1f} MB, {res.seconds:.1f} s); "
           f"runs on: {LOWERINGS[args.attention].tensorrt}")
     if data:
         print(f"  weights in {res.path.with_name(data)} (over 2 GB as one file): keep it beside {res.path.name}")

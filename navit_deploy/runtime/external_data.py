@@ -125,6 +125,11 @@ def check_required(required: dict[Path, int], model_path: str | os.PathLike[str]
     return tuple(out)
 
 
+def files_size(model_path: str | os.PathLike[str]) -> int:
+    """Bytes on disk of a model and its external data files (what a copy moves)."""
+    return Path(model_path).stat().st_size + sum(df.size for df in data_files_of(model_path))
+
+
 def files_sha256(model_path: str | os.PathLike[str]) -> str:
     """sha256 of a model file, or for a model with external data, of its graph's and data files' hashes (reads
     every byte: for caches keyed on the weights, not for every activation)."""
