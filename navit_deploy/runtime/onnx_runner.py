@@ -21,7 +21,7 @@ import numpy as np
 from navit_deploy.errors import ArtifactMismatchError, BackendUnavailableError
 from navit_deploy.frontend.config import budget_flag
 from navit_deploy.runtime.artifact import DeploymentArtifact, check_io_shapes, read_artifact, sha256_file
-from navit_deploy.runtime.external_data import DataFile, check_required
+from navit_deploy.runtime.external_data import ARTIFACT_KEY, DataFile, check_required
 from navit_deploy.runtime.runner import PackLimits, Runner, RunnerOutput, tokens_output
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -110,6 +110,8 @@ class OnnxRunner(Runner):
         self.reference_ops = reference_ops
         self._required: dict[Path, int] = {}
         self.artifact: DeploymentArtifact = self._read_artifact()
+        if not self._required and self.artifact.extra.get(ARTIFACT_KEY):  # no onnx package to read the graph with
+            self._required = {self.path.with_name(self.artifact.extra[ARTIFACT_KEY]): 0}
         # External data files (none for a self-contained model), with their size and mtime at open.
         self.data_files: tuple[DataFile, ...] = check_required(self._required, self.path)
         low = self.artifact.lowering

@@ -185,3 +185,15 @@ def test_cli_export_with_a_threshold(tiny_model_dir, tmp_path, capsys):
     assert (tmp_path / "cli.onnx.data").is_file() and read_artifact(out).extra["external_data"] == "cli.onnx.data"
     with OnnxRunner(out) as r:
         assert r.infer(_pack("one_image")).embeddings.shape[0] == 1
+
+
+def test_without_the_onnx_package_the_artifact_names_the_data_file(external, tmp_path, monkeypatch):
+    """The runtime reads the graph with ``onnx`` when it is installed; without it, the sidecar's
+    ``extra.external_data`` says which file must be beside the model."""
+    monkeypatch.setattr(OnnxRunner, "_metadata_only", lambda self: {})  # as when `import onnx` fails
+    model = _copy_export(external("dense"), tmp_path / "full")
+    with OnnxRunner(model) as r:
+        assert [d.path.name for d in r.data_files] == [model.name + ".data"]
+        assert r.infer(_pack("one_image")).embeddings.shape[0] == 1
+    with pytest.raises(ArtifactMismatchError, match=r"\.onnx\.data.*missing"):
+        OnnxRunner(_copy_export(external("dense"), tmp_path / "lone", data=False))
