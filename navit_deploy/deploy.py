@@ -20,6 +20,7 @@ from navit_deploy.console import Progress, progress_enabled
 from navit_deploy.errors import ConfigError
 from navit_deploy.export.lowerings import LOWERINGS
 from navit_deploy.parity import THRESHOLDS
+from navit_deploy.runtime.external_data import files_size
 from navit_deploy.runtime.onnx_runner import native_providers
 
 PARITY_KEYS = ("images", "max_abs_embedding_max", "max_abs_logit_max", "cosine_min", "cosine_mean", "top1_agreement",
@@ -95,7 +96,7 @@ def _deploy(model: str, out: Path, images: str | None, quick: bool, stages: _Sta
             report["exports"].append({"lowering": name, "skipped": str(exc), "runs_on": low.tensorrt})
             stages.progress.advance(STAGE_SECONDS["parity"])
             continue
-        report["exports"].append({"lowering": name, "file": res.path.name, "mb": round(res.path.stat().st_size / 1e6, 2),
+        report["exports"].append({"lowering": name, "file": res.path.name, "mb": round(files_size(res.path) / 1e6, 2),
                                   "export_s": round(res.seconds, 1), "runs_on": low.tensorrt,
                                   "ort_providers": list(native_providers(name))})
         native = "cpu" in native_providers(name)
@@ -157,7 +158,7 @@ def _quantize(model: str, out: Path, parity_set: list, eval_size: int, stages: _
                                  activations=activations, eval_size=eval_size, progress=False)
         assert res.report is not None
         row = {**res.report.to_json(), "precision": name, "file": res.path.name,
-               "mb": round(res.path.stat().st_size / 1e6, 2), "seconds": round(res.seconds, 1)}
+               "mb": round(files_size(res.path) / 1e6, 2), "seconds": round(res.seconds, 1)}
         if not res.report.has_labels:  # an embedding model: the target is the mean cosine against FP32
             row["passed"] = res.report.cosine_mean >= QUANT_MIN_MEAN_COSINE
         rows.append(row)

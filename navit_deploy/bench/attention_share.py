@@ -35,7 +35,7 @@ def _attention_nodes(path: Path) -> tuple[set[str], set[str]]:
 
     from navit_deploy.export.segment_loop import is_segment_attention
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # names only: the weights can stay on disk
     inner = {b.name for n in model.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH
              for b in a.g.node}
     consts = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant"

@@ -51,6 +51,7 @@ from navit_deploy.calibration.graph import QUANTIZED_OPS, classify, constant_nam
 from navit_deploy.runtime.reference_ops import REFERENCE_DOMAIN, rehome_custom_nodes
 from navit_deploy.calibration.reader import CalibrationReader
 from navit_deploy.errors import ConfigError
+from navit_deploy.runtime.external_data import needs_external_data, save_onnx
 
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_OP_TYPES = ("MatMul", "Gemm")
@@ -142,18 +143,20 @@ def _restricted(cls: type, tensors: Sequence[str]) -> type:
     return type(f"Navit{cls.__name__}", (cls,), {"select_tensors_to_calibrate": select_tensors_to_calibrate})
 
 
-def _make_calibrator(model_path: str, augmented: str, method: str, tensors: Sequence[str]):
+def _make_calibrator(model_path: str, augmented: str, method: str, tensors: Sequence[str], external: bool = False):
+    """``external``: save the augmented model with external data (a model over 2 GB)."""
     from onnxruntime.quantization.calibrate import EntropyCalibrater, MinMaxCalibrater, PercentileCalibrater
 
     # The defaults of onnxruntime.quantization.calibrate.create_calibrator.
     if method == "minmax":
-        return _restricted(MinMaxCalibrater, tensors)(model_path, None, augmented, symmetric=False)
+        return _restricted(MinMaxCalibrater, tensors)(model_path, None, augmented, symmetric=False,
+                                                      use_external_data_format=external)
     if method == "entropy":
-        return _restricted(EntropyCalibrater, tensors)(model_path, None, augmented, symmetric=False, num_bins=128,
-                                                       num_quantized_bins=128)
+        return _restricted(EntropyCalibrater, tensors)(model_path, None, augmented, use_external_data_format=external,
+                                                       symmetric=False, num_bins=128, num_quantized_bins=128)
     if method == "percentile":
-        return _restricted(PercentileCalibrater, tensors)(model_path, None, augmented, symmetric=True, num_bins=2048,
-                                                          percentile=99.999)
+        return _restricted(PercentileCalibrater, tensors)(model_path, None, augmented, use_external_data_format=external,
+                                                          symmetric=True, num_bins=2048, percentile=99.999)
     raise ConfigError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
 
 
@@ -190,9 +193,9 @@ def collect_ranges(model: onnx.ModelProto, reader: CalibrationReader, tensors: S
     moved = rehome_custom_nodes(work, custom_domain, REFERENCE_DOMAIN) if custom_domain else 0
     with tempfile.TemporaryDirectory(prefix="navit-calib-") as td:
         src, aug = str(Path(td) / "model.onnx"), str(Path(td) / "augmented.onnx")
-        onnx.save_model(work, src)
+        external = save_onnx(work, src) is not None  # over 2 GB: with its weights in model.onnx.data
         del work
-        cal = _make_calibrator(src, aug, method, tensors)
+        cal = _make_calibrator(src, aug, method, tensors, external)
         cal.augment_graph()
         cal.infer_session = _session(aug, bool(moved), threads)
         bar = tqdm(total=len(reader), disable=not progress, desc=f"calibrating ({method})", unit="pack")
@@ -233,6 +236,7 @@ def quantize_with_ranges(model: onnx.ModelProto, ranges, plan: Int8Plan, activat
         save_tensors_data(ranges, cache)
         out = Path(td) / "int8.onnx"
         quantize_static(model, str(out), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+                        use_external_data_format=needs_external_data(model),
                         op_types_to_quantize=list(plan.op_types), per_channel=per_channel, reduce_range=False,
                         activation_type=act, weight_type=QuantType.QInt8, nodes_to_quantize=list(plan.quantize),
                         nodes_to_exclude=[n for n in plan.kept if n in names],
@@ -243,7 +247,7 @@ def quantize_with_ranges(model: onnx.ModelProto, ranges, plan: Int8Plan, activat
                             "ActivationSymmetric": activations == "int8",
                             "WeightSymmetric": True,
                         })
-        return onnx.load_model(str(out))
+        return onnx.load_model(str(out))  # with its external data, if any, into memory
 
 
 @dataclass

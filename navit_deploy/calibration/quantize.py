@@ -3,7 +3,8 @@
 Outputs, all written to temporary files in the output folder and renamed into place only once the
 whole job succeeded (a failure leaves nothing behind):
 
-* ``OUT`` (e.g. ``navit.int8.onnx``): the model, its artifact metadata with ``precision`` set and
+* ``OUT`` (e.g. ``navit.int8.onnx``), and ``OUT.data`` when its weights exceed the external-data threshold
+  (as export does, see :mod:`navit_deploy.runtime.external_data`): the model, its artifact metadata with ``precision`` set and
   ``extra["quantization"]`` describing how it was made;
 * ``OUT.json``: the artifact sidecar;
 * ``OUT`` with ``.accuracy.json`` instead of ``.onnx``: the :class:`AccuracyReport` against the FP32
@@ -22,7 +23,7 @@ from typing import Any
 
 import onnx
 
-from navit_deploy.calibration.cache import CalibrationCache, file_sha256
+from navit_deploy.calibration.cache import CalibrationCache
 from navit_deploy.calibration.errors import AlreadyQuantizedError
 from navit_deploy.calibration.graph import quantization_state
 from navit_deploy.calibration.reader import DEFAULT_MAX_IMAGES, CalibrationReader
@@ -30,6 +31,8 @@ from navit_deploy.calibration.report import DEFAULT_EVAL_SIZE, AccuracyReport, a
 from navit_deploy.errors import ArtifactMismatchError, ConfigError
 from navit_deploy.frontend import FrontendConfig
 from navit_deploy.runtime.artifact import METADATA_KEY, DeploymentArtifact, read_artifact, sidecar_path
+from navit_deploy.runtime.external_data import ARTIFACT_KEY, EXTERNAL_DATA_THRESHOLD, data_file_name, data_files_of, \
+    files_sha256, needs_external_data, save_onnx
 
 PRECISIONS = ("int8", "fp16")
 HEADROOM_IMAGES = 32
@@ -66,7 +69,13 @@ def _load_source(path: Path) -> tuple[onnx.ModelProto, DeploymentArtifact]:
     if not path.is_file():
         raise ArtifactMismatchError(f"ONNX model not found: {path}")
     try:
-        model = onnx.load_model(str(path))
+        data_files_of(path)  # a missing or truncated external data file, named
+    except ArtifactMismatchError:
+        raise
+    except Exception as exc:
+        raise ArtifactMismatchError(f"{path}: not a readable ONNX model ({exc})") from exc
+    try:
+        model = onnx.load_model(str(path))  # with its external data, read from beside it
     except Exception as exc:
         raise ArtifactMismatchError(f"{path}: not a readable ONNX model ({exc})") from exc
     artifact = read_artifact(path, {p.key: p.value for p in model.metadata_props})
@@ -123,7 +132,8 @@ def quantize_model(onnx_path: str | Path, out: str | Path, precision: str = "int
                    cache_dir: str | Path | None = None, use_cache: bool = True, reader: CalibrationReader | None = None,
                    frontend: FrontendConfig | None = None, pack_len: int | None = None,
                    max_images_per_pack: int | None = None, progress: bool = True,
-                   threads: int | None = None, headroom: bool = True) -> QuantizeResult:
+                   threads: int | None = None, headroom: bool = True,
+                   external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> QuantizeResult:
     """Quantize the FP32 export ``onnx_path`` to ``precision`` ("int8" or "fp16") and write ``out``.
 
     INT8: ``calib`` (image folder; default builtin samples + procedural train images) capped at
@@ -134,6 +144,8 @@ def quantize_model(onnx_path: str | Path, out: str | Path, precision: str = "int
     ``frontend``/``pack_len``/``max_images_per_pack``, if given, must equal the model's artifact, and so
     must a given ``reader``'s. ``eval_size`` held-out images for the accuracy report (0: none).
     ``headroom`` (FP16): measure FP32 activation magnitudes on calibration images against FP16's range.
+    The source may keep its weights as external data; ``out`` does when its weights exceed
+    ``external_data_threshold`` bytes (``OUT.data`` beside it, named in ``extra["external_data"]``).
     """
     start = time.perf_counter()
     src, out = Path(onnx_path), Path(out)
@@ -149,7 +161,7 @@ def quantize_model(onnx_path: str | Path, out: str | Path, precision: str = "int
     _check_budgets(artifact, frontend, pack_len, max_images_per_pack)
     if reader is not None:
         reader.check_matches(artifact)
-    details: dict[str, Any] = {"source": str(src), "source_sha256": file_sha256(src)}
+    details: dict[str, Any] = {"source": str(src), "source_sha256": files_sha256(src)}
     if precision == "int8":
         from navit_deploy.calibration.int8 import quantize_int8
 
@@ -173,14 +185,25 @@ def quantize_model(onnx_path: str | Path, out: str | Path, precision: str = "int
     del model
     meta = {k: v for k, v in details.items() if k not in ("failed_images", "cache_path", "fp16_headroom")}
     meta["kept_fp32"] = sorted(kept)
-    new_artifact = artifact.with_(precision=precision, extra={**artifact.extra, "quantization": meta})
+    extra = {k: v for k, v in artifact.extra.items() if k != ARTIFACT_KEY}  # the source's data file is not ours
+    external = needs_external_data(qmodel, external_data_threshold)
+    if external:
+        extra[ARTIFACT_KEY] = data_file_name(out)
+    new_artifact = artifact.with_(precision=precision, extra={**extra, "quantization": meta})
     _set_metadata(qmodel, new_artifact)
     out.parent.mkdir(parents=True, exist_ok=True)
     side, rep = sidecar_path(out), report_path_for(out)
-    tmp_model = out.with_name(f".{out.stem}.tmp-{os.getpid()}.onnx")
-    tmps = [tmp_model, _tmp(side), _tmp(rep)]
+    data = out.with_name(data_file_name(out))
+    # With external data the model refers to its data file by name: both are written under their final names
+    # in a private folder beside ``out`` and moved into place.
+    tmp_dir = out.with_name(f".{out.stem}.tmp-{os.getpid()}") if external else None
+    tmp_model = tmp_dir / out.name if tmp_dir else out.with_name(f".{out.stem}.tmp-{os.getpid()}.onnx")
+    tmp_data = tmp_dir / data.name if tmp_dir else None
+    tmps = [tmp_model, _tmp(side), _tmp(rep)] + ([tmp_data] if tmp_data else [])
     try:
-        onnx.save_model(qmodel, str(tmp_model))
+        if tmp_dir:
+            tmp_dir.mkdir(exist_ok=True)
+        save_onnx(qmodel, tmp_model, external_data_threshold)
         del qmodel
         _tmp(side).write_text(new_artifact.to_json() + "\n")
         report = None
@@ -193,11 +216,17 @@ def quantize_model(onnx_path: str | Path, out: str | Path, precision: str = "int
         os.replace(_tmp(side), side)
         if report is not None:
             os.replace(_tmp(rep), rep)
-        os.replace(tmp_model, out)  # last: the model appears only with its sidecar next to it
+        if tmp_data:
+            os.replace(tmp_data, data)
+        elif data.exists():  # a stale data file of an earlier, larger output
+            data.unlink()
+        os.replace(tmp_model, out)  # last: the model appears only with its sidecar (and data) next to it
     finally:
         for t in tmps:
             if t.exists():
                 t.unlink()
-    files = [out, side] + ([rep] if report is not None else [])
+        if tmp_dir and tmp_dir.exists():
+            tmp_dir.rmdir()
+    files = [out, side] + ([data] if external else []) + ([rep] if report is not None else [])
     return QuantizeResult(out, precision, new_artifact, kept, details, time.perf_counter() - start, report,
                           rep if report is not None else None, side, files)

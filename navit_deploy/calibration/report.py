@@ -113,7 +113,9 @@ def _runnable(path: Path, tmp: Path) -> Path:
                for n in model.graph.node):
         return path
     out = tmp / f"validate.{path.name}"
-    onnx.save_model(reference_validation_copy(model), str(out))
+    from navit_deploy.runtime.external_data import save_onnx
+
+    save_onnx(reference_validation_copy(model), out)
     return out
 
 

@@ -31,6 +31,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=int, default=64, help="images per pack recorded for the runtime")
     p.add_argument("--opset", type=int, default=20,
                    help="ONNX opset, 17-20 (default 20: one Gelu node; TensorRT >= 10.0 and ONNX Runtime parse it)")
+    p.add_argument("--external-data-threshold", type=int, default=None, metavar="BYTES",
+                   help="weights over this many bytes are saved beside the model as OUT.data (ONNX external data; "
+                        "default 1.8e9, under protobuf's 2 GB limit; 0 always)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("parity", help="compare an exported model (or engine) with its reference, image by image",
@@ -85,10 +88,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     digest = model_digest(args.model)
+    from navit_deploy.runtime.external_data import ARTIFACT_KEY, EXTERNAL_DATA_THRESHOLD, files_size
+
+    threshold = EXTERNAL_DATA_THRESHOLD if args.external_data_threshold is None else args.external_data_threshold
     res = export_onnx(model, args.out, lowering=args.attention, weights_sha256=digest, pack_len=args.pack_len,
-                      max_images=args.max_images, opset=args.opset)
-    print(f"exported {args.model} -> {res.path} ({args.attention}, {res.path.stat().st_size / 1e6:.1f} MB, "
-          f"{res.seconds:.1f} s); runs on: {LOWERINGS[args.attention].tensorrt}")
+                      max_images=args.max_images, opset=args.opset, external_data_threshold=threshold)
+    data = res.artifact.extra.get(ARTIFACT_KEY)
+    print(f"exported {args.model} -> {res.path} ({args.attention}, {files_size(res.path) / 1e6:.1f} MB, {res.seconds:.1f} s); "
+          f"runs on: {LOWERINGS[args.attention].tensorrt}")
+    if data:
+        print(f"  weights in {res.path.with_name(data)} (over 2 GB as one file): keep it beside {res.path.name}")
     return 0
 
 

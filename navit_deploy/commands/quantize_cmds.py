@@ -66,7 +66,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         print(json.dumps(res.to_json(), indent=1, default=str))
         return 0
     d = res.details
-    print(f"{args.precision}: {res.path} ({res.path.stat().st_size / 1e6:.1f} MB, {res.seconds:.1f} s)")
+    from navit_deploy.runtime.external_data import files_size
+
+    print(f"{args.precision}: {res.path} ({files_size(res.path) / 1e6:.1f} MB, {res.seconds:.1f} s)")
     if args.precision == "int8":
         cal = "cached ranges reused" if d["cache_hit"] else (f"{d['usable_images']} images in {d['packs']} packs")
         print(f"  calibration ({d['method']}): {d['calibration_data']}; {cal}; {d['calibration_s']:.1f} s")

@@ -15,6 +15,12 @@ compiles the same way: its inputs and their declared shapes are read from the ON
 merge-block unit and, when windowed, the window range (:mod:`navit_deploy.compile.profiles`); every network input
 gets a shape range in every profile. The sidecar keeps the artifact's ``output_kind``, ``inputs`` and ``window``.
 
+A model over 2 GB (weights as ONNX external data in ``<model>.onnx.data``) compiles the same way: the plan reads
+only the graph (``load_external_data=False``) and checks that the data file is beside it and long enough, and
+TensorRT's ``parser.parse_from_file`` resolves the data file relative to the model's path. Nothing here reads the
+ONNX bytes (no ``parser.parse(bytes)``, which could not find the weights). The engine sidecar's source sha256 is
+the graph file's.
+
 The sidecar is the ONNX model's :class:`DeploymentArtifact` with the engine's precision and an ``engine``
 section under ``extra`` (:class:`~navit_deploy.compile.compat.EngineInfo`): TensorRT version, GPU name and
 compute capability, profiles, precision and builder flags, plugin library path and sha256, source ONNX sha256,
@@ -43,6 +49,7 @@ from navit_deploy.compile.profiles import (GraphShape, PackProfile, check_profil
 from navit_deploy.errors import (ArtifactMismatchError, BackendUnavailableError, ConfigError, NavitError,
                                  PluginError)
 from navit_deploy.runtime.artifact import DeploymentArtifact, read_artifact, write_sidecar
+from navit_deploy.runtime.external_data import check_data_files
 from navit_deploy.runtime.open import ENGINE_SUFFIXES  # the suffixes open_runner hands to TensorRT
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -122,6 +129,7 @@ def read_onnx_summary(path: str | os.PathLike[str]) -> OnnxSummary:
         raise ArtifactMismatchError(f"{p}: not a readable ONNX model ({exc})") from exc
     meta = {m.key: m.value for m in model.metadata_props}
     artifact = read_artifact(p, meta)
+    check_data_files(model, p)  # external data (over 2 GB): present beside the model, before TensorRT parses it
     nodes = list(model.graph.node) + [n for fn in model.functions for n in fn.node]
     init_names = {i.name for i in model.graph.initializer}
     graph_inputs = [i for i in model.graph.input if i.name not in init_names]

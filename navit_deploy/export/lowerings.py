@@ -15,10 +15,9 @@ from navit_deploy.compile.plugin_lib import PLUGIN_NAME as PLUGIN_OP
 from navit_deploy.compile.plugin_lib import PLUGIN_NAMESPACE, PLUGIN_VERSION
 from navit_deploy.errors import ConfigError
 
-from navit_deploy.export.segment_loop import SEGMENT_DOMAIN
-
 TRT_DOMAIN = "trt"
 MS_DOMAIN = "com.microsoft"
+SEGMENT_DOMAIN, SEGMENT_OP = "navit.lowering", "SegmentAttention"  # ort-mha's placeholder (export/segment_loop.py)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from navit_deploy.frontend import grid_coords
 from navit_deploy.model.navit import NaViT
 from navit_deploy.packing import build_pack
 from navit_deploy.runtime.artifact import METADATA_KEY, DeploymentArtifact, write_sidecar
+from navit_deploy.runtime.external_data import ARTIFACT_KEY, EXTERNAL_DATA_THRESHOLD, data_file_name, \
+    needs_external_data, save_onnx
 
 # Opset 20 has a single ``Gelu`` node (ONNX Runtime CPU/CUDA, TensorRT >= 10.0); 17-19 spell it out in
 # eight elementwise ops (about 10% of ONNX Runtime CPU model time), for older consumers.
@@ -53,8 +55,12 @@ def example_pack(model: NaViT, grids: tuple[tuple[int, int], ...] | None = None)
 
 def export_onnx(model: NaViT, out: str | Path, *, lowering: str = "dense", weights_sha256: str = "",
                 pack_len: int = 1024, max_images: int = 64, opset: int = DEFAULT_OPSET,
-                window_slots: bool = True) -> ExportResult:
-    """Export ``model`` to ``out`` (a single self-contained .onnx) and write the artifact metadata + sidecar.
+                window_slots: bool = True, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> ExportResult:
+    """Export ``model`` to ``out`` and write the artifact metadata + sidecar.
+
+    ``out`` is one self-contained .onnx unless the weights exceed ``external_data_threshold`` bytes (protobuf
+    files stop at 2 GB): then they go to ONE file beside it, ``<out name>.data`` (ONNX external data, location
+    relative to the model), named in the artifact's ``extra["external_data"]``; keep the two files together.
 
     ``window_slots``: with the dense lowering, windowed blocks compute each window in a fixed slot (the default)
     rather than with a mask over the whole pack (kept for measuring what the slots save)."""
@@ -98,8 +104,13 @@ def export_onnx(model: NaViT, out: str | Path, *, lowering: str = "dense", weigh
                                   window=cfg.window_merged, token_dim=cfg.out_dim if cfg.output == "tokens" else 0,
                                   extra={"window_slots": bool(window_slots and cfg.windowed and low.name == "dense")}
                                   if cfg.windowed else {})
+    external = needs_external_data(proto, external_data_threshold)
+    if external:
+        artifact = artifact.with_(extra={**artifact.extra, ARTIFACT_KEY: data_file_name(out)})
+    elif Path(str(out) + ".data").exists():  # a stale data file of an earlier, larger export
+        Path(str(out) + ".data").unlink()
     set_metadata(proto, artifact)
-    onnx.save_model(proto, str(out))
+    save_onnx(proto, out, external_data_threshold)
     check_model(out)
     write_sidecar(out, artifact)
     return ExportResult(out, artifact, time.time() - start)

@@ -8,9 +8,8 @@ from onnxscript import INT64, opset20 as op
 from onnxscript.values import Op, Opset
 
 from navit_deploy.export.lowerings import (MS_DOMAIN, PLUGIN_DOMAIN, PLUGIN_NAMESPACE, PLUGIN_OP, PLUGIN_VERSION,
-                                           TRT_DOMAIN)
+                                           SEGMENT_DOMAIN, SEGMENT_OP, TRT_DOMAIN)
 from navit_deploy.export.schemas import register_schemas
-from navit_deploy.export.segment_loop import SEGMENT_DOMAIN, SEGMENT_OP
 
 register_schemas()
 _plugin_op = Op(Opset(PLUGIN_DOMAIN, 1), PLUGIN_OP)

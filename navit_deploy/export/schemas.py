@@ -11,8 +11,7 @@ from __future__ import annotations
 import onnx
 from onnx.defs import OpSchema
 
-from navit_deploy.export.lowerings import MS_DOMAIN, PLUGIN_DOMAIN, PLUGIN_OP, TRT_DOMAIN
-from navit_deploy.export.segment_loop import SEGMENT_DOMAIN, SEGMENT_OP
+from navit_deploy.export.lowerings import MS_DOMAIN, PLUGIN_DOMAIN, PLUGIN_OP, SEGMENT_DOMAIN, SEGMENT_OP, TRT_DOMAIN
 
 _F = ["tensor(float)", "tensor(float16)"]
 _A = OpSchema.AttrType

@@ -20,9 +20,8 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-SEGMENT_DOMAIN = "navit.lowering"
-SEGMENT_OP = "SegmentAttention"
-MS_DOMAIN = "com.microsoft"
+from navit_deploy.export.lowerings import MS_DOMAIN, SEGMENT_DOMAIN, SEGMENT_OP
+
 NODE_PREFIX = "segment_attention_"
 
 

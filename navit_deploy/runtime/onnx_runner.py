@@ -4,6 +4,10 @@ Lowerings with custom nodes that no CPU provider implements (``trt-plugin``, ``t
 ``ort-packed`` off CUDA; ``dense`` and ``ort-mha`` run natively on CPU and CUDA) can be run with ``reference_ops=True``: the nodes are re-homed to the
 onnxruntime-extensions domain and computed by :mod:`navit_deploy.runtime.reference_ops`. That checks the
 graph around them on any machine; it is a validation mode, not a deployment path.
+
+Models over 2 GB keep their weights in ``<model>.onnx.data`` beside the graph (ONNX external data, see
+:mod:`navit_deploy.runtime.external_data`); the runner checks the file is there and builds the session from the
+model's path, so ONNX Runtime reads the weights from it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 from navit_deploy.errors import ArtifactMismatchError, BackendUnavailableError
 from navit_deploy.frontend.config import budget_flag
 from navit_deploy.runtime.artifact import DeploymentArtifact, check_io_shapes, read_artifact, sha256_file
+from navit_deploy.runtime.external_data import ARTIFACT_KEY, DataFile, check_required
 from navit_deploy.runtime.runner import PackLimits, Runner, RunnerOutput, tokens_output
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -60,6 +65,13 @@ class OnnxRunner(Runner):
     turns it on). It plans one allocation per input shape and keeps it, which suits fixed shapes; packs
     cut to their fill come in many lengths, and measured over five calls of 2,000 mixed images resident
     memory settled near 490 MB with it and 300-350 MB without it.
+
+    A model with external data (``m.onnx`` + ``m.onnx.data``): the data file must be beside the model and hold
+    every byte the graph points at, else :class:`ArtifactMismatchError` naming it. Every activation checks the
+    graph file's sha256 (as for a self-contained model) and the data file's size and mtime against those seen at
+    open (hashing gigabytes at every activation would cost seconds): a data file replaced or rewritten since open
+    is refused. ``reference_ops=True`` works on such a model too: the custom nodes of the graph (without its
+    weights) are re-homed and the session reads the weights from the data file beside the model.
     """
 
     name = "onnxruntime"
@@ -96,7 +108,12 @@ class OnnxRunner(Runner):
         self.memory_pattern = bool(memory_pattern) if memory_pattern is not None else bool(os.environ.get(
             "NAVIT_ORT_MEMORY_PATTERN"))
         self.reference_ops = reference_ops
+        self._required: dict[Path, int] = {}
         self.artifact: DeploymentArtifact = self._read_artifact()
+        if not self._required and self.artifact.extra.get(ARTIFACT_KEY):  # no onnx package to read the graph with
+            self._required = {self.path.with_name(self.artifact.extra[ARTIFACT_KEY]): 0}
+        # External data files (none for a self-contained model), with their size and mtime at open.
+        self.data_files: tuple[DataFile, ...] = check_required(self._required, self.path)
         low = self.artifact.lowering
         if provider not in native_providers(low) and not reference_ops:
             runs = ", ".join(native_providers(low)) or "no ONNX Runtime provider (TensorRT only)"
@@ -127,26 +144,49 @@ class OnnxRunner(Runner):
             import onnx
         except ImportError:
             return {}
+        from navit_deploy.runtime.external_data import required_files
+
         model = onnx.load(str(self.path), load_external_data=False)
         if not model.graph.node:
             raise ArtifactMismatchError("the file holds no ONNX graph")
+        self._required = required_files(model, self.path)
         return {p.key: p.value for p in model.metadata_props}
 
-    def _model_bytes(self) -> bytes:
-        """The model's bytes, checked against the hash taken at open: a file replaced or rewritten since then
-        (between a deactivate and an activate, say) is refused, never loaded under the old description."""
+    def _check_data_files(self) -> None:
+        """The external data files are still those seen at open (same size and mtime)."""
+        for df in self.data_files:
+            try:
+                st = df.path.stat()
+            except FileNotFoundError:
+                raise ArtifactMismatchError(f"{df.path.name} (the weights of {self.path.name}) disappeared since this "
+                                            f"runner opened it: copy it back beside {self.path.name}") from None
+            if (st.st_size, st.st_mtime_ns) != df.stat_key():
+                raise ArtifactMismatchError(f"{df.path} (the weights of {self.path.name}) changed on disk since this "
+                                            f"runner opened it ({df.size} -> {st.st_size} bytes, or a new mtime): "
+                                            "open a new runner for the new files")
+
+    def _model_source(self, opts) -> bytes | str:
+        """What to build the session from: the model's bytes (self-contained), its path (external data, so ONNX
+        Runtime finds the data file beside it), or re-homed graph bytes for reference kernels. The graph is
+        checked against the hash taken at open, the data files against their size and mtime: a file replaced or
+        rewritten since then (between a deactivate and an activate, say) is refused, never loaded under the old
+        description."""
         data = self.path.read_bytes() if self.path.is_file() else b""
         if hashlib.sha256(data).hexdigest() != self.model_sha256:
             raise ArtifactMismatchError(f"{self.path} changed on disk since this runner opened it (sha256 "
                                         f"{self.model_sha256[:12]}...): open a new runner for the new file")
+        self._check_data_files()
         if not self._rehomed():
-            return data
+            return str(self.path) if self.data_files else data
         import onnx
 
         from navit_deploy.runtime.reference_ops import rehome_custom_nodes
 
-        model = onnx.load_from_string(data)
+        model = onnx.load_from_string(data)  # external tensors stay references to the data file
         rehome_custom_nodes(model, CUSTOM_DOMAINS[self.artifact.lowering])
+        if self.data_files:  # a session built from bytes resolves external data against this folder
+            opts.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                          str(self.path.resolve().parent))
         return model.SerializeToString()
 
     def _rehomed(self) -> bool:
@@ -171,8 +211,9 @@ class OnnxRunner(Runner):
             # The Python ops must exist before the library is registered, or ORT crashes on the unknown op.
             register_ort_reference_ops()
             opts.register_custom_ops_library(get_library_path())
+        source = self._model_source(opts)
         try:
-            self.session = ort.InferenceSession(self._model_bytes(), opts, providers=[PROVIDERS[self.provider]])
+            self.session = ort.InferenceSession(source, opts, providers=[PROVIDERS[self.provider]])
         except Exception as exc:  # noqa: BLE001 - ORT raises a zoo of types
             raise ArtifactMismatchError(f"{self.path}: ONNX Runtime cannot load it ({exc})") from exc
         names = [i.name for i in self.session.get_inputs()]
