@@ -97,7 +97,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported {args.model} -> {res.path} ({args.attention}, {files_size(res.path) / 1e6:.1f} MB, {res.seconds:.1f} s); "
           f"runs on: {LOWERINGS[args.attention].tensorrt}")
     if data:
-        print(f"  weights in {res.path.with_name(data)} (over 2 GB as one file): keep it beside {res.path.name}")
+        print(f"  weights in {res.path.with_name(data)} (ONNX external data): keep it beside {res.path.name}")
     return 0
 
 

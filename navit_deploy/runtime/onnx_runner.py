@@ -70,8 +70,11 @@ class OnnxRunner(Runner):
     every byte the graph points at, else :class:`ArtifactMismatchError` naming it. Every activation checks the
     graph file's sha256 (as for a self-contained model) and the data file's size and mtime against those seen at
     open (hashing gigabytes at every activation would cost seconds): a data file replaced or rewritten since open
-    is refused. ``reference_ops=True`` works on such a model too: the custom nodes of the graph (without its
-    weights) are re-homed and the session reads the weights from the data file beside the model.
+    is refused. The session is then built from the model's path (ONNX Runtime resolves the data file beside it),
+    so the graph is read once more after its hash was checked. ``reference_ops=True`` works on such a model too:
+    the custom nodes of the graph (without its weights) are re-homed and the session, built from those bytes,
+    reads the weights from the model's folder (ONNX Runtime's
+    ``session.model_external_initializers_file_folder_path`` option; checked with ONNX Runtime 1.32).
     """
 
     name = "onnxruntime"
