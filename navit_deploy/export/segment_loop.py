@@ -132,7 +132,8 @@ def _named(nodes: list[onnx.NodeProto], tag: str) -> list[onnx.NodeProto]:
 
 def is_segment_attention(node: onnx.NodeProto) -> bool:
     """A node of an expanded ``SegmentAttention`` (named ``segment_attention_<k>/...``)."""
-    return node.name.startswith(NODE_PREFIX)
+    tag, sep, _ = node.name.partition("/")
+    return bool(sep) and tag.startswith(NODE_PREFIX) and tag[len(NODE_PREFIX):].isdigit()
 
 
 def expand_segment_attention(proto: onnx.ModelProto) -> int:

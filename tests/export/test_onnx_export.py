@@ -196,3 +196,12 @@ def test_plugin_head_dims_are_refused_at_export_with_the_alternatives(tmp_path):
     with pytest.raises(ConfigError, match=r"head dim is 72 .*dense.*trt-native"):
         export_onnx(net, tmp_path / "m.onnx", lowering="trt-plugin")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("name,expected", [("segment_attention_0/Cast_3", True), ("segment_attention_12/pad", True),
+                                           ("segment_attention_0_input_cast0", False),  # an FP16 converter's cast
+                                           ("segment_attention_x/Slice", False), ("blocks.0/MatMul", False)])
+def test_segment_attention_nodes_are_told_by_their_group_name(name, expected):
+    from navit_deploy.export.segment_loop import is_segment_attention
+
+    assert is_segment_attention(onnx.helper.make_node("Identity", ["a"], ["b"], name=name)) is expected
