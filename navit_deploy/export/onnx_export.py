@@ -104,11 +104,8 @@ def export_onnx(model: NaViT, out: str | Path, *, lowering: str = "dense", weigh
                                   window=cfg.window_merged, token_dim=cfg.out_dim if cfg.output == "tokens" else 0,
                                   extra={"window_slots": bool(window_slots and cfg.windowed and low.name == "dense")}
                                   if cfg.windowed else {})
-    external = needs_external_data(proto, external_data_threshold)
-    if external:
+    if needs_external_data(proto, external_data_threshold):
         artifact = artifact.with_(extra={**artifact.extra, ARTIFACT_KEY: data_file_name(out)})
-    elif Path(str(out) + ".data").exists():  # a stale data file of an earlier, larger export
-        Path(str(out) + ".data").unlink()
     set_metadata(proto, artifact)
     save_onnx(proto, out, external_data_threshold)
     check_model(out)

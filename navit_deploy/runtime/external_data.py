@@ -53,21 +53,22 @@ def needs_external_data(model: Any, threshold: int | None = None) -> bool:
 def save_onnx(model: Any, path: str | os.PathLike[str], threshold: int | None = None,
               location: str | None = None) -> str | None:
     """Save ``model`` at ``path``; above ``threshold`` initializer bytes (see :func:`needs_external_data`), its
-    tensors go to ONE data file beside it (``location``, default ``<path name>.data``). Returns the data file
-    name, or None for a self-contained file.
+    tensors go to ONE data file beside it (``location``, default ``<path name>.data``); a data file already there
+    (an earlier, larger save) is removed either way. Returns the data file name, or None for a self-contained file.
 
     With external data the tensors in ``model`` are left pointing at the file (their bytes are no longer in the
     proto): save a copy if the proto is needed afterwards."""
     import onnx
 
     path = Path(path)
-    if not needs_external_data(model, threshold):
-        onnx.save_model(model, str(path))
-        return None
+    external = needs_external_data(model, threshold)
     location = location or data_file_name(path)
     data = path.with_name(location)
-    if data.exists():  # onnx appends to an existing data file
+    if data.exists():  # onnx appends to an existing data file; a self-contained save leaves it stale
         data.unlink()
+    if not external:
+        onnx.save_model(model, str(path))
+        return None
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=location, size_threshold=1024)
     return location

@@ -197,3 +197,17 @@ def test_without_the_onnx_package_the_artifact_names_the_data_file(external, tmp
         assert r.infer(_pack("one_image")).embeddings.shape[0] == 1
     with pytest.raises(ArtifactMismatchError, match=r"\.onnx\.data.*missing"):
         OnnxRunner(_copy_export(external("dense"), tmp_path / "lone", data=False))
+
+
+def test_a_smaller_export_over_a_larger_one_removes_the_stale_data_file(tiny_model_dir, tmp_path):
+    """Re-exporting under the threshold to the same path leaves one self-contained file, no orphaned weights."""
+    from navit_deploy.export.onnx_export import export_onnx
+    from navit_deploy.model.weights import load_model
+
+    out = tmp_path / "m.onnx"
+    export_onnx(load_model(tiny_model_dir), out, external_data_threshold=0)
+    assert (tmp_path / "m.onnx.data").is_file()
+    res = export_onnx(load_model(tiny_model_dir), out)
+    assert not (tmp_path / "m.onnx.data").exists() and "external_data" not in res.artifact.extra
+    with OnnxRunner(out) as runner:
+        assert runner.infer(_pack("one_image")).embeddings.shape[0] == 1
