@@ -33,7 +33,7 @@ from typing import Literal, Sequence
 from navit_deploy.errors import NavitError
 from navit_deploy.frontend import ImageSource, PreparedImage
 from navit_deploy.packing import PackedBatch, first_fit_decreasing
-from navit_deploy.runtime import ImageResult, Pipeline, PipelineStats
+from navit_deploy.runtime import ImageResult, Pipeline
 from navit_deploy.serve.metrics import ServeMetrics
 
 Batching = Literal["packed", "per-request"]
@@ -131,11 +131,7 @@ class Batcher:
         self._free_slots = asyncio.Semaphore(self.slots)
         self._frontend = ThreadPoolExecutor(self.workers, thread_name_prefix="navit-frontend")
         self._model = ThreadPoolExecutor(self.slots, thread_name_prefix="navit-model-slot")
-        p = self.pipeline
-        # One pipeline per model slot: a pipeline keeps per-call timers, so calls at once need their own.
-        self._idle_pipes = [p] + [Pipeline(p.runner, p.frontend, p.packer, p.channel_order, p.workers)
-                                  for _ in range(self.slots - 1)]
-        await self._loop.run_in_executor(self._model, p.runner.activate)
+        await self._loop.run_in_executor(self._model, self.pipeline.runner.activate)
         self._dispatcher = self._loop.create_task(self._dispatch(), name="navit-dispatcher")
 
     def begin_drain(self) -> None:
@@ -274,18 +270,17 @@ class Batcher:
 
     async def _run(self, batch: list[_Item]) -> None:
         """One model call (one slot): pack ``batch``, run it in a thread, answer each image's future."""
-        pipe = self._idle_pipes.pop()
         try:
             started = time.perf_counter()
             for it in batch:
                 self.metrics.queue_wait.observe(started - it.enqueued)
             try:
-                results, packs = await self._loop.run_in_executor(self._model, _compute, pipe, batch)
+                results, packs = await self._loop.run_in_executor(self._model, _compute, self.pipeline, batch)
             except Exception as exc:  # noqa: BLE001 - never leave a request waiting on a future no one sets
                 results, packs = {it.ticket: ImageResult(it.ticket, it.name, error=f"model call failed: {exc}",
                                                          error_type=type(exc).__name__) for it in batch}, []
             request_of = {it.ticket: it.request for it in batch}
-            for pack, ms in zip(packs, pipe.stats.pack_ms or [0.0] * len(packs)):
+            for pack, ms in packs:
                 tickets = pack.image_index.tolist()
                 record = PackRecord(len(tickets), len({request_of[t] for t in tickets}), pack.pack_len, ms)
                 self.pack_log.append(record)
@@ -303,26 +298,32 @@ class Batcher:
                 else:
                     self.metrics.images.labels("cancelled").inc()
         finally:
-            self._idle_pipes.append(pipe)
             self._free_slots.release()
 
 
-def _compute(pipe: Pipeline, batch: list[_Item]) -> tuple[dict[int, ImageResult], list[PackedBatch]]:
-    """Pack ``batch`` with the pipeline's packer and run it (on a model-slot thread). A model call that
-    fails is retried image by image, so one image the model rejects fails alone."""
+def _compute(pipe: Pipeline, batch: list[_Item]) -> tuple[dict[int, ImageResult], list[tuple[PackedBatch, float]]]:
+    """Pack ``batch`` with the pipeline's packer and run it (on a model-slot thread): results by ticket,
+    and each pack with its model call's milliseconds. A model call that fails is retried image by image,
+    so one image the model rejects fails alone."""
     prepared = {it.ticket: it.prepared for it in batch}
     names = {it.ticket: it.name for it in batch}
     packs = pipe.packer.pack(list(prepared.values()), list(prepared))
     # The slot is the concurrency: its packs run one after the other on this thread (run_packs would start
-    # a thread per call). Fresh stats per call keep a long-running service's memory flat.
-    pipe.stats = PipelineStats(images=len(prepared))
+    # a thread per call).
+    results: dict[int, ImageResult] = {}
+    timed: list[tuple[PackedBatch, float]] = []
     try:
-        return {r.index: r for pack in packs for r in pipe.run_pack(pack, prepared, names)}, packs
+        for pack in packs:
+            started = time.perf_counter()
+            results.update((r.index, r) for r in pipe.run_pack(pack, prepared, names))
+            timed.append((pack, 1000 * (time.perf_counter() - started)))
+        return results, timed
     except Exception as exc:  # noqa: BLE001 - any runner failure becomes per-image errors below
         if len(prepared) == 1:
-            t = next(iter(prepared))
-            return {t: ImageResult(t, names[t], error=f"model call failed: {exc}", error_type=type(exc).__name__)}, []
-    results: dict[int, ImageResult] = {}
+            (ticket,) = prepared
+            return {ticket: ImageResult(ticket, names[ticket], error=f"model call failed: {exc}",
+                                        error_type=type(exc).__name__)}, []
+    results = {}
     for it in batch:
         results.update(_compute(pipe, [it])[0])
     return results, []

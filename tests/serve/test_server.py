@@ -75,6 +75,10 @@ def test_concurrent_clients_get_their_own_results_from_shared_packs(runner, pipe
     assert sum(r.images for r in log) == clients and max(r.requests for r in log) > 1
     assert len(log) < clients
     assert metric_value(text, "navit_packs_total") == len(log)
+    # Each model call's own duration: positive, and the metric's sum is the log's.
+    assert all(r.model_ms > 0 for r in log)
+    assert metric_value(text, "navit_model_seconds_count") == len(log)
+    assert metric_value(text, "navit_model_seconds_sum") == pytest.approx(sum(r.model_ms for r in log) / 1000)
     assert metric_value(text, "navit_requests_per_pack_sum") > metric_value(text, "navit_requests_per_pack_count")
     assert metric_value(text, "navit_requests_total", 'code="200"') == clients
     assert metric_value(text, "navit_images_total", 'outcome="ok"') == clients
