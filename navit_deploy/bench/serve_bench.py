@@ -48,14 +48,19 @@ class ServeBenchConfig:
     images: int = 64
     max_wait_ms: float = 0.0
     seed: int = 0
+    threads: int | None = None  # both servers' --threads (ONNX Runtime intra-op threads per call)
+    workers: int | None = None  # both servers' --workers (front-end threads)
 
 
 @contextmanager
 def server_process(onnx: Path, workload: Workload, batching: str, max_wait_ms: float,
-                   start_timeout: float = 120.0) -> Iterator[int]:
+                   start_timeout: float = 120.0, threads: int | None = None,
+                   workers: int | None = None) -> Iterator[int]:
     """``navit serve`` for ``workload``'s budget on a free loopback port; yields the port; SIGTERM on leaving."""
     cmd = [sys.executable, "-m", "navit_deploy.cli", "serve", "--onnx", str(onnx), "--port", "0",
            "--batching", batching, "--max-wait-ms", str(max_wait_ms), "--max-patches", str(workload.max_patches)]
+    cmd += ["--threads", str(threads)] if threads else []
+    cmd += ["--workers", str(workers)] if workers else []
     if not workload.upscale:
         cmd.append("--no-upscale")
     root = str(Path(__file__).resolve().parents[2])
@@ -163,7 +168,8 @@ def run_serve_bench(cfg: ServeBenchConfig, log: Callable[[str], None] | None = N
         log(f"[serve {name}] {len(sources)} JPEGs, budget {wl.max_patches}, {cfg.clients} clients x "
             f"{cfg.requests_per_client} requests x {cfg.rounds} rounds per server")
         with ExitStack() as stack:
-            ports = {m: stack.enter_context(server_process(cfg.onnx, wl, m, cfg.max_wait_ms)) for m in MODES}
+            ports = {m: stack.enter_context(server_process(cfg.onnx, wl, m, cfg.max_wait_ms, threads=cfg.threads,
+                                                           workers=cfg.workers)) for m in MODES}
             for m in MODES:  # warm-up: sessions, thread pools, connections
                 closed_loop(ports[m], sources, cfg.clients, 2)
             rounds: dict[str, list[dict[str, Any]]] = {m: [] for m in MODES}
@@ -197,7 +203,7 @@ def machine(cfg: ServeBenchConfig) -> dict[str, Any]:
             "uvicorn": version("uvicorn"), "starlette": version("starlette"), "http": _installed("httptools", "h11"),
             "loop": _installed("uvloop", "asyncio"), "onnx": str(cfg.onnx),
             "clients": cfg.clients, "requests_per_client": cfg.requests_per_client, "rounds": cfg.rounds,
-            "max_wait_ms": cfg.max_wait_ms, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "max_wait_ms": cfg.max_wait_ms, "threads": cfg.threads, "workers": cfg.workers, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def _installed(module: str, otherwise: str) -> str:

@@ -148,7 +148,7 @@ def cmd_service_bench(args: argparse.Namespace) -> int:
 
         workloads = SERVE_WORKLOADS if tuple(args.workloads) == tuple(WORKLOADS) else tuple(args.workloads)
         cfg = ServeBenchConfig(onnx, workloads, args.clients, args.requests_per_client, args.repeats,
-                               args.num_images, args.max_wait_ms, args.seed)
+                               args.num_images, args.max_wait_ms, args.seed, args.threads, args.workers)
         reports["serve"] = run_serve_bench(cfg, log)
         (out / "serve_bench.json").write_text(json.dumps(reports["serve"], indent=1, default=str))
     if args.embed:

@@ -90,7 +90,7 @@ def _need(module: str, extra: str, what: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    for module in ("starlette", "uvicorn", "prometheus_client", "python_multipart"):
+    for module in ("starlette", "uvicorn", "prometheus_client", "python_multipart", "orjson"):
         _need(module, "serve", "navit serve")
     from pathlib import Path
 

@@ -61,6 +61,8 @@ class ImageResult:
         return [(labels[i] if i < len(labels) else str(i), float(probs[i])) for i in order]
 
     def to_json(self, labels: Sequence[str], k: int = 5, with_embedding: bool = False) -> dict[str, Any]:
+        """A JSON-ready dict: the sizes and, on success, ``top_k`` (with logits and ``k > 0``) and the
+        embedding (or visual tokens) as lists when ``with_embedding``; ``error``/``error_type`` on failure."""
         d: dict[str, Any] = {"index": self.index, "path": self.name}
         if not self.ok:
             d["error"] = self.error
@@ -76,7 +78,7 @@ class ImageResult:
                 d["visual_tokens"] = self.visual_tokens.tolist()
             return d
         assert self.embedding is not None
-        if self.logits is not None:
+        if self.logits is not None and k > 0:
             d["top_k"] = [{"label": lab, "score": round(s, 6)} for lab, s in self.topk(labels, k)]
         d.update({
             "embedding_norm": float(np.linalg.norm(self.embedding)),

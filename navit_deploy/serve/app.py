@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Sequence
 
+import numpy as np
+import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -45,12 +47,26 @@ class ServeConfig:
     workers: int | None = None
 
 
+class NumpyJSONResponse(JSONResponse):
+    """JSON through orjson, which writes numpy arrays itself: float32 values in their shortest form that
+    reads back to the same float32 (about half the bytes of Python's repr of the float64), and ~25x faster
+    than ``json.dumps`` of ``tolist()`` for an embedding. That encoding runs on the event loop, once per
+    answer, so it bounds how many requests one process can answer."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def result_entry(result: ImageResult, labels: Sequence[str], top_k: int = 0) -> dict[str, Any]:
-    """One image's answer: ``index`` and ``name``, then the embedding and its sizes, or the error."""
-    d = result.to_json(labels, k=top_k, with_embedding=True)
+    """One image's answer: ``index`` and ``name``, then the embedding (a numpy array, for
+    :class:`NumpyJSONResponse`) and its sizes, or the error; ``top_k`` only when asked for."""
+    d = result.to_json(labels, k=top_k)
     entry = {"index": d.pop("index"), "name": d.pop("path"), **d}
-    if not top_k:
-        entry.pop("top_k", None)
+    if result.ok:
+        if result.output_kind == "tokens":
+            entry["visual_tokens"] = np.ascontiguousarray(result.visual_tokens)
+        else:
+            entry["embedding"] = np.ascontiguousarray(result.embedding)
     return entry
 
 
@@ -113,7 +129,8 @@ def create_app(pipeline: Pipeline, labels: Sequence[str] = (), config: ServeConf
         ok = [r for r in results if r.ok]
         usage = {"images": len(results), "ok": len(ok), "failed": len(results) - len(ok),
                  "tokens": sum(r.tokens for r in ok)}
-        return answer(200, started, JSONResponse({"object": "list", "model": model, "data": data, "usage": usage}))
+        return answer(200, started, NumpyJSONResponse({"object": "list", "model": model, "data": data,
+                                                       "usage": usage}))
 
     async def healthz(request: Request) -> Response:
         status = "draining" if batcher.closing else "ok"

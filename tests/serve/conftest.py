@@ -16,6 +16,7 @@ from PIL import Image
 pytest.importorskip("starlette", reason="the serve extra is not installed (pip install -e '.[serve]')")
 pytest.importorskip("uvicorn", reason="the serve extra is not installed (pip install -e '.[serve]')")
 pytest.importorskip("prometheus_client", reason="the serve extra is not installed (pip install -e '.[serve]')")
+pytest.importorskip("orjson", reason="the serve extra is not installed (pip install -e '.[serve]')")
 
 from navit_deploy.runtime import Pipeline  # noqa: E402
 from navit_deploy.runtime.onnx_runner import OnnxRunner  # noqa: E402
