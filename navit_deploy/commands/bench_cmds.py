@@ -78,7 +78,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = p.add_argument_group("services (--serve, --embed; --repeats sets the rounds)")
     s.add_argument("--serve", action="store_true",
                    help="navit serve under concurrent loopback clients: cross-request packing vs one request per "
-                        "model call (workloads default to thumbnails, crops, mixed)")
+                        "model call, a pair of servers per model file (--onnx, and --onnx-mha when given or when "
+                        "both are exported here); workloads default to thumbnails, crops, mixed")
     s.add_argument("--embed", action="store_true", help="navit embed: one process vs Ray Data with --embed-actors")
     s.add_argument("--clients", type=int, default=16, help="--serve: concurrent clients, one image per request")
     s.add_argument("--requests-per-client", type=int, default=16, help="--serve: requests per client per round")
@@ -147,8 +148,12 @@ def cmd_service_bench(args: argparse.Namespace) -> int:
         from navit_deploy.bench.serve_bench import SERVE_WORKLOADS, ServeBenchConfig, format_serve_table, run_serve_bench
 
         workloads = SERVE_WORKLOADS if tuple(args.workloads) == tuple(WORKLOADS) else tuple(args.workloads)
+        # The ort-mha file joins when given, or when both are this run's own exports of --model.
+        mha = Path(args.onnx_mha) if args.onnx_mha else (
+            None if args.onnx else _ensure_onnx(config_from_args(args), out, log, "ort-mha"))
         cfg = ServeBenchConfig(onnx, workloads, args.clients, args.requests_per_client, args.repeats,
-                               args.num_images, args.max_wait_ms, args.seed, args.threads, args.workers)
+                               args.num_images, args.max_wait_ms, args.seed, args.threads, args.workers,
+                               more_onnx=(mha,) if mha else ())
         reports["serve"] = run_serve_bench(cfg, log)
         (out / "serve_bench.json").write_text(json.dumps(reports["serve"], indent=1, default=str))
     if args.embed:
